@@ -1,0 +1,78 @@
+"""Every environment variable the project reads, in one place.
+
+Only the composition root (``definitions.py``) and the CLI build a ``Settings``; everything else
+receives the values it needs as arguments, so nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    # Only the HELIX_*/OPENAI_* names are read: matching by field name would pick up HOME.
+    model_config = SettingsConfigDict(extra="ignore")
+
+    home: Path = Field(Path(".helix"), validation_alias="HELIX_HOME")
+    database_url: SecretStr | None = Field(None, validation_alias="HELIX_DATABASE_URL")
+    inbox_dir_override: Path | None = Field(None, validation_alias="HELIX_INBOX_DIR")
+
+    embedding_provider_override: Literal["openai", "local"] | None = Field(
+        None, validation_alias="HELIX_EMBEDDING_PROVIDER"
+    )
+    openai_api_key: SecretStr | None = Field(None, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(None, validation_alias="OPENAI_BASE_URL")
+    embedding_model: str = Field("text-embedding-3-small", validation_alias="HELIX_EMBEDDING_MODEL")
+    embedding_dim: int = Field(1536, ge=1, le=16000, validation_alias="HELIX_EMBEDDING_DIM")
+    embed_rpm: int = Field(3000, ge=1, validation_alias="HELIX_EMBED_RPM")
+    embed_tpm: int = Field(1_000_000, ge=1, validation_alias="HELIX_EMBED_TPM")
+    embed_max_concurrency: int = Field(
+        4, ge=1, le=64, validation_alias="HELIX_EMBED_MAX_CONCURRENCY"
+    )
+    embed_batch_size: int = Field(256, ge=1, le=2048, validation_alias="HELIX_EMBED_BATCH_SIZE")
+    embed_timeout_s: float = Field(30.0, gt=0, validation_alias="HELIX_EMBED_TIMEOUT_S")
+    embed_max_attempts: int = Field(5, ge=1, validation_alias="HELIX_EMBED_MAX_ATTEMPTS")
+    embed_truncate_long_inputs: bool = Field(True, validation_alias="HELIX_EMBED_TRUNCATE")
+    coverage_error_threshold: float = Field(
+        0.99, ge=0, le=1, validation_alias="HELIX_COVERAGE_THRESHOLD"
+    )
+
+    max_question_chars: int = Field(4000, ge=1, validation_alias="HELIX_MAX_QUESTION_CHARS")
+    max_answer_chars: int = Field(32000, ge=1, validation_alias="HELIX_MAX_ANSWER_CHARS")
+    max_file_bytes: int = Field(2 * 1024**3, ge=1, validation_alias="HELIX_MAX_FILE_BYTES")
+
+    import_max_attempts: int = Field(3, ge=1, validation_alias="HELIX_IMPORT_MAX_ATTEMPTS")
+    stale_after_s: float = Field(300.0, gt=0, validation_alias="HELIX_STALE_AFTER_S")
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.inbox_dir_override or self.home / "inbox"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.home / "files"
+
+    @property
+    def pgdata_dir(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def embedding_provider(self) -> Literal["openai", "local"]:
+        if self.embedding_provider_override:
+            return self.embedding_provider_override
+        return "openai" if self.openai_api_key else "local"
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the environment (the one place that does), with explicit overrides on top."""
+    aliases = {name: field.validation_alias for name, field in Settings.model_fields.items()}
+    settings = Settings(**{aliases.get(k, k): v for k, v in overrides.items()})
+    return settings.model_copy(update={"home": settings.home.expanduser().absolute()})
