@@ -1,0 +1,106 @@
+"""`helix-pipelines`: the operator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from helix_pipelines.db.migrate import SchemaMismatch
+from helix_pipelines.settings import Settings, load_settings
+
+log = logging.getLogger("helix_pipelines")
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr, without a trace."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("alembic", "httpx", "openai", "pgserver"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.handler(load_settings(), args) or 0)
+    except (CliError, SchemaMismatch) as exc:
+        print(f"helix-pipelines: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="helix-pipelines", description="Import and embed question/answer files."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    dev = verbs.add_parser("dev", help="database, migrations, and the Dagster UI with its daemon")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(handler=_cmd_dev)
+
+    db = verbs.add_parser("db", help="database maintenance")
+    db_verbs = db.add_subparsers(dest="db_verb", required=True)
+    db_verbs.add_parser("upgrade", help="apply migrations").set_defaults(handler=_cmd_db_upgrade)
+    db_verbs.add_parser("url", help="print the database URL in use").set_defaults(
+        handler=_cmd_db_url
+    )
+
+    from helix_pipelines import commands
+
+    commands.register(verbs, add_json_flag=_add_json_flag)
+    return parser
+
+
+def _add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def print_json(payload) -> None:
+    print(json.dumps(payload, default=str, sort_keys=True))
+
+
+# -- dev and db ---------------------------------------------------------------------------------
+
+
+def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines import runtime
+    from helix_pipelines.db.embedded import EmbeddedPostgres
+    from helix_pipelines.devserver import run_dagster_dev
+
+    embedded = None if settings.database_url else EmbeddedPostgres(settings.home)
+    app = runtime.open_app(settings, migrate_schema=True)
+    recovered = runtime.recover_on_start(app)
+    if recovered:
+        log.info("returned %d stale import(s) to pending", recovered)
+    log.info("database: %s", app.redacted_url)
+    log.info("Dagster UI on http://%s:%d", args.host, args.port)
+    return run_dagster_dev(settings, args.host, args.port, embedded)
+
+
+def _cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines import runtime
+
+    app = runtime.open_app(settings, migrate_schema=True)
+    print(f"database at {app.redacted_url} is up to date")
+    return 0
+
+
+def _cmd_db_url(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines import runtime
+
+    print(runtime.database_url_for_display(settings))
+    return 0
+
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The embedded PostgreSQL (pgserver) shared by every process of one HELIX_HOME.
+
+Several processes (webserver, daemon, run workers, CLI) may ask for the server at once. They
+serialise on a file lock, register their pid as a *user*, and the first one starts the server
+together with a small *guard* process. The guard outlives whoever started it (even a `kill -9`)
+and stops the server once no registered user is alive, so the server is never orphaned and never
+stopped under a live user. pgserver's own pid bookkeeping is not used for stopping: it keeps the
+pids of killed processes forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+GUARD_POLL_S = 0.5
+APP_DATABASE = "helix"
+
+
+class EmbeddedPostgres:
+    def __init__(self, home: Path):
+        self.home = Path(home).absolute()
+        self.pgdata = self.home / "pgdata"
+        self._lock_path = self.home / "pgdata.lock"
+        self._users_path = self.home / "pgdata.users.json"
+        self._guard_pid_path = self.home / "pgdata.guard.pid"
+
+    # -- public -------------------------------------------------------------------------------
+
+    def acquire(self, *, pid: int | None = None) -> str:
+        """Register `pid` (default: this process) as a user, start the server if needed and
+        return its base URL (unix socket, database `postgres`)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            self._register(pid or os.getpid())
+            started = False
+            if self._running_socket_dir() is None:
+                self._start()
+                started = True
+            if started or not _process_alive(self._read_guard_pid()):
+                self._spawn_guard()
+            return self._base_url()
+
+    def release(self, *, pid: int | None = None, stop_when_unused: bool = False) -> None:
+        """Unregister; with `stop_when_unused`, stop the server now if nobody else uses it
+        (rather than leaving that to the guard's next poll)."""
+        with self._locked():
+            users = [u for u in self._live_users() if u["pid"] != (pid or os.getpid())]
+            self._write_users(users)
+            if stop_when_unused and not users:
+                self._stop_server()
+
+    def is_running(self) -> bool:
+        return self._running_socket_dir() is not None
+
+    def stop(self) -> None:
+        """Stop the server now, whoever uses it (used by its owner on shutdown and by tests)."""
+        with self._locked():
+            self._stop_server()
+            self._write_users([])
+
+    def url(self, database: str = APP_DATABASE, driver: str = "psycopg") -> str:
+        socket_dir = self._running_socket_dir()
+        if socket_dir is None:
+            raise RuntimeError(f"the embedded PostgreSQL under {self.pgdata} is not running")
+        return f"postgresql+{driver}://postgres:@/{database}?host={socket_dir}"
+
+    def server_pids(self) -> list[int]:
+        """The postmaster and its children: what must be gone once the server stopped."""
+        info = _read_postmaster(self.pgdata)
+        if not info or not _process_alive(info["pid"]):
+            return []
+        master = psutil.Process(info["pid"])
+        return [master.pid, *(c.pid for c in master.children(recursive=True))]
+
+    # -- guard --------------------------------------------------------------------------------
+
+    def run_guard(self) -> None:
+        """Poll until no registered user is alive, then stop the server and exit."""
+        idle_polls = 0
+        while True:
+            time.sleep(GUARD_POLL_S)
+            with self._locked():
+                if self._read_guard_pid() != os.getpid() or self._running_socket_dir() is None:
+                    return  # another guard took over, or the server was stopped by someone
+                users = self._live_users()
+                self._write_users(users)
+                idle_polls = 0 if users else idle_polls + 1
+                # Two idle polls in a row: a process between fork and acquire() gets a moment.
+                if idle_polls >= 2:
+                    self._stop_server()
+                    self._guard_pid_path.unlink(missing_ok=True)
+                    return
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self._lock_path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _register(self, pid: int) -> None:
+        users = [u for u in self._live_users() if u["pid"] != pid]
+        users.append({"pid": pid, "create_time": _create_time(pid)})
+        self._write_users(users)
+
+    def _live_users(self) -> list[dict]:
+        try:
+            users = json.loads(self._users_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        # A pid reused by an unrelated process has another start time: it is not a user.
+        return [u for u in users if _create_time(u["pid"]) == u.get("create_time")]
+
+    def _write_users(self, users: list[dict]) -> None:
+        tmp = self._users_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(users))
+        tmp.replace(self._users_path)
+
+    def _running_socket_dir(self) -> str | None:
+        info = _read_postmaster(self.pgdata)
+        if info and info["status"] == "ready" and _process_alive(info["pid"]):
+            return info["socket_dir"]
+        return None
+
+    def _base_url(self) -> str:
+        return self.url(database="postgres")
+
+    def _start(self) -> None:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine here.
+            warnings.simplefilter("ignore")
+            import pgserver  # lazily: heavy, and only the embedded mode needs it
+
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        log.info("starting the embedded PostgreSQL in %s", self.pgdata)
+        # cleanup_mode=None: the guard, not pgserver's atexit hook, decides when to stop.
+        pgserver.get_server(self.pgdata, cleanup_mode=None)
+
+    def _stop_server(self) -> None:
+        if self._running_socket_dir() is None and not self.server_pids():
+            return
+        from pgserver._commands import pg_ctl
+
+        user = "pgserver" if os.geteuid() == 0 else None
+        try:
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=user, timeout=60)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            for pid in self.server_pids():
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).kill()
+
+    def _spawn_guard(self) -> None:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "helix_pipelines.db.embedded", "guard", str(self.home)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # survives the Ctrl-C or kill of whoever started it
+            close_fds=True,
+        )
+        self._guard_pid_path.write_text(str(process.pid))
+
+    def _read_guard_pid(self) -> int | None:
+        try:
+            return int(self._guard_pid_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def _read_postmaster(pgdata: Path) -> dict | None:
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    except (FileNotFoundError, PermissionError):
+        return None
+    if len(lines) < 8:
+        return None  # the server is still writing it
+    return {"pid": int(lines[0]), "socket_dir": lines[4].strip(), "status": lines[7].strip()}
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _process_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "guard":
+        EmbeddedPostgres(Path(sys.argv[2])).run_guard()
+    else:
+        sys.exit("usage: python -m helix_pipelines.db.embedded guard HELIX_HOME")

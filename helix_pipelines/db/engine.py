@@ -1,0 +1,75 @@
+"""Which database, and the engine that talks to it.
+
+`HELIX_DATABASE_URL` when set; otherwise the embedded PostgreSQL under `$HELIX_HOME/pgdata`.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+
+from helix_pipelines.db.embedded import APP_DATABASE, EmbeddedPostgres
+
+
+def resolve_database_url(database_url: str | None, home: Path) -> str:
+    """The application's URL (psycopg 3 driver); starts the embedded server when none is set."""
+    if database_url:
+        return with_driver(database_url, "psycopg")
+    server = EmbeddedPostgres(home)
+    server.acquire()
+    ensure_database(server.url("postgres"), APP_DATABASE)
+    return server.url(APP_DATABASE)
+
+
+def with_driver(url: str, driver: str) -> str:
+    """SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; Dagster's storage needs psycopg2."""
+    parsed = make_url(url)
+    return parsed.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
+
+
+def redact(url: str | URL) -> str:
+    """The URL with any password shown as ***: the only form that may reach logs or output."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL must still never leak its secret
+        return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", str(url))
+
+
+def ensure_database(server_url: str, name: str) -> None:
+    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            exists = conn.scalar(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            )
+            if not exists:
+                try:
+                    conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+                except sa.exc.DBAPIError:
+                    # Another process created it between our look and our CREATE.
+                    if not conn.scalar(
+                        sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+                    ):
+                        raise
+    finally:
+        engine.dispose()
+
+
+def create_app_engine(url: str, *, pool_size: int = 5) -> Engine:
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=5,
+        pool_pre_ping=True,  # a restarted server leaves dead pooled connections behind
+        pool_recycle=1800,
+    )
+
+
+@lru_cache(maxsize=8)
+def cached_engine(url: str) -> Engine:
+    """One engine per URL per process: Dagster resources are rebuilt for every step."""
+    return create_app_engine(url)

@@ -1,0 +1,95 @@
+"""The tables as SQLAlchemy Core objects, for queries. Alembic migrations own the DDL."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from pgvector.sqlalchemy import Vector
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+JOB_STATUSES = (
+    "pending",
+    "processing",
+    "completed",
+    "completed_with_errors",
+    "failed",
+    "rolled_back",
+)
+FINISHED_JOB_STATUSES = ("completed", "completed_with_errors", "failed", "rolled_back")
+EMBEDDING_STATUSES = ("pending", "completed", "failed")
+
+metadata = sa.MetaData()
+
+import_job = sa.Table(
+    "import_job",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("partition_key", sa.Text, nullable=False, unique=True),
+    sa.Column("source_name", sa.Text, nullable=False),
+    sa.Column("source_path", sa.Text),
+    sa.Column("source_sha256", sa.Text),
+    sa.Column("format", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("rows_total", sa.Integer, nullable=False),
+    sa.Column("rows_processed", sa.Integer, nullable=False),
+    sa.Column("pairs_created", sa.Integer, nullable=False),
+    sa.Column("duplicates_skipped", sa.Integer, nullable=False),
+    sa.Column("row_errors", sa.Integer, nullable=False),
+    sa.Column("checkpoint_data", JSONB),
+    sa.Column("options", JSONB, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("dagster_run_id", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+
+def qa_pair_table(dim: int | None = None) -> sa.Table:
+    """`qa_pair`; the vector column's width is the schema's, checked at start-up."""
+    return sa.Table(
+        "qa_pair",
+        metadata,
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Column("import_job_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("source_row", sa.Integer, nullable=False),
+        sa.Column("question", sa.Text, nullable=False),
+        sa.Column("answer", sa.Text, nullable=False),
+        sa.Column("category", sa.Text),
+        sa.Column("content_hash", sa.Text, nullable=False),
+        sa.Column("embedding", Vector(dim)),
+        sa.Column("embedding_status", sa.Text, nullable=False),
+        sa.Column("embedding_model", sa.Text),
+        sa.Column("embedding_attempts", sa.Integer, nullable=False),
+        sa.Column("embedding_error", sa.Text),
+        sa.Column("embedding_truncated", sa.Boolean, nullable=False),
+        sa.Column("embedded_at", sa.DateTime(timezone=True)),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        extend_existing=True,
+    )
+
+
+qa_pair = qa_pair_table()
+
+import_row_error = sa.Table(
+    "import_row_error",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("import_job_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("source_row", sa.Integer, nullable=False),
+    sa.Column("error_code", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("raw_excerpt", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Shared state of the rate limiter and the circuit breaker: one JSON document per name, updated
+# under a row lock so every process of the deployment sees the same limits.
+pipeline_state = sa.Table(
+    "pipeline_state",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("data", JSONB, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

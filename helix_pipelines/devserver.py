@@ -1,0 +1,96 @@
+"""`helix-pipelines dev`: database, migrations, recovery, then `dagster dev` with its daemon.
+
+Ctrl-C or SIGTERM stops every process this started, the embedded database included when this
+process started it and nobody else uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from helix_pipelines.db.embedded import EmbeddedPostgres
+from helix_pipelines.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STOP_GRACE_S = 30
+
+
+def dagster_environment(settings: Settings) -> dict[str, str]:
+    """The environment of the Dagster processes: absolute HELIX_HOME and a DAGSTER_HOME with
+    the project's dagster.yaml in it."""
+    env = dict(os.environ)
+    env["HELIX_HOME"] = str(settings.home)
+    dagster_home = Path(env.get("DAGSTER_HOME") or settings.dagster_home).absolute()
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    env["DAGSTER_HOME"] = str(dagster_home)
+    return env
+
+
+def run_dagster_dev(settings: Settings, host: str, port: int, embedded: EmbeddedPostgres | None):
+    command = [
+        sys.executable, "-m", "dagster", "dev",
+        "-m", "helix_pipelines.definitions",
+        "-h", host, "-p", str(port),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        env=dagster_environment(settings),
+        cwd=str(REPO_ROOT),
+        start_new_session=True,  # one process group to stop, whatever it spawns
+        # A script started in the background inherits an ignored SIGINT, and dagster dev then
+        # ignores SIGTERM too: give it the default handlers back.
+        preexec_fn=_default_signal_handlers,
+    )
+    stopping = {"requested": False}
+
+    def _stop(signum, _frame):
+        stopping["requested"] = True
+        _terminate_group(process)
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = process.wait()
+    finally:
+        _terminate_group(process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if embedded is not None:
+            embedded.release(stop_when_unused=True)
+    return 0 if stopping["requested"] else code
+
+
+def _default_signal_handlers() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _terminate_group(process: subprocess.Popen) -> None:
+    """SIGTERM the whole group, wait, then SIGKILL whatever is left (run workers included)."""
+    members = _group_members(process)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(members, timeout=STOP_GRACE_S)
+    for member in alive:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+def _group_members(process: subprocess.Popen) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(process.pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []

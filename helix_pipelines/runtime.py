@@ -1,0 +1,45 @@
+"""What the CLI and the dev server open: settings, database engine, schema check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from helix_pipelines.db import migrate
+from helix_pipelines.db.engine import cached_engine, redact, resolve_database_url
+from helix_pipelines.settings import Settings
+
+
+@dataclass(frozen=True)
+class App:
+    settings: Settings
+    engine: Engine
+    url: str
+
+    @property
+    def redacted_url(self) -> str:
+        return redact(self.url)
+
+
+def open_app(settings: Settings, *, migrate_schema: bool = False) -> App:
+    url = resolve_database_url(_secret_url(settings), settings.home)
+    engine = cached_engine(url)
+    if migrate_schema:
+        migrate.upgrade(engine, settings.embedding_dim)
+    else:
+        migrate.check_embedding_dim(engine, settings.embedding_dim)
+    return App(settings=settings, engine=engine, url=url)
+
+
+def database_url_for_display(settings: Settings) -> str:
+    return redact(resolve_database_url(_secret_url(settings), settings.home))
+
+
+def recover_on_start(app: App) -> int:
+    """Return stale imports to pending before the daemon starts (filled in by the import work)."""
+    return 0
+
+
+def _secret_url(settings: Settings) -> str | None:
+    return settings.database_url.get_secret_value() if settings.database_url else None

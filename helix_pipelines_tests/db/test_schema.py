@@ -1,0 +1,132 @@
+"""The schema DESIGN.md names, built by the migrations on the real database."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+
+from helix_pipelines.db import migrate
+from helix_pipelines.db.engine import create_app_engine, ensure_database
+from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM, subprocess_env
+
+EXPECTED_COLUMNS = {
+    "import_job": {
+        "id", "partition_key", "source_name", "source_path", "source_sha256", "format", "status",
+        "rows_total", "rows_processed", "pairs_created", "duplicates_skipped", "row_errors",
+        "checkpoint_data", "attempts", "last_error", "dagster_run_id", "created_at", "started_at",
+        "heartbeat_at", "finished_at",
+    },
+    "qa_pair": {
+        "id", "import_job_id", "source_row", "question", "answer", "category", "content_hash",
+        "embedding", "embedding_status", "embedding_model", "embedding_attempts",
+        "embedding_error", "embedded_at", "created_at",
+    },
+    "import_row_error": {"import_job_id", "source_row", "error_code", "message", "raw_excerpt"},
+}  # fmt: skip
+
+
+@pytest.fixture
+def scratch_engine(embedded_pg):
+    """A database of its own, so migrating down does not disturb the other tests."""
+    ensure_database(embedded_pg.url("postgres"), "helix_scratch")
+    engine = create_app_engine(embedded_pg.url("helix_scratch"))
+    migrate.downgrade(engine, 8)
+    yield engine
+    migrate.downgrade(engine, 8)
+    engine.dispose()
+
+
+def test_migrations_go_up_down_and_up_again(scratch_engine):
+    migrate.upgrade(scratch_engine, 8)
+    assert _tables(scratch_engine) >= set(EXPECTED_COLUMNS)
+    migrate.downgrade(scratch_engine, 8)
+    assert not _tables(scratch_engine) & set(EXPECTED_COLUMNS)
+    migrate.upgrade(scratch_engine, 8)
+    assert migrate.schema_embedding_dim(scratch_engine) == 8
+
+
+def test_tables_have_the_designed_columns(session_engine):
+    inspector = sa.inspect(session_engine)
+    for table, expected in EXPECTED_COLUMNS.items():
+        columns = {c["name"] for c in inspector.get_columns(table)}
+        assert expected <= columns, f"{table} lacks {expected - columns}"
+
+
+def test_vector_column_has_the_configured_dimension(session_engine):
+    assert migrate.schema_embedding_dim(session_engine) == TEST_EMBEDDING_DIM
+
+
+def test_unique_keys_and_indexes(session_engine):
+    inspector = sa.inspect(session_engine)
+    uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints("qa_pair")}
+    assert ("import_job_id", "source_row") in uniques
+    job_uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints("import_job")}
+    assert ("partition_key",) in job_uniques
+    with session_engine.connect() as conn:
+        indexes = dict(
+            conn.execute(
+                sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'qa_pair'")
+            ).all()
+        )
+    assert any("hnsw" in d and "vector_cosine_ops" in d for d in indexes.values()), indexes
+    assert any(d.endswith("(import_job_id)") for d in indexes.values()), indexes
+    fks = inspector.get_foreign_keys("qa_pair")
+    assert [fk["referred_table"] for fk in fks] == ["import_job"]
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "bad_value"),
+    [("import_job", "status", "exploded"), ("qa_pair", "embedding_status", "maybe")],
+)
+def test_database_enforces_statuses(engine, table, column, bad_value):
+    with engine.begin() as conn:
+        job_id = conn.scalar(
+            sa.text(
+                "INSERT INTO import_job (partition_key, source_name) VALUES ('k', 'f.csv') "
+                "RETURNING id"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO qa_pair (import_job_id, source_row, question, answer, content_hash)"
+                " VALUES (:j, 1, 'q', 'a', 'h')"
+            ),
+            {"j": job_id},
+        )
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {table} SET {column} = :v"), {"v": bad_value})
+
+
+def test_wrong_dimension_is_one_clear_line(settings):
+    env = subprocess_env(settings, HELIX_EMBEDDING_DIM=str(TEST_EMBEDDING_DIM + 1))
+    result = subprocess.run(
+        [sys.executable, "-m", "helix_pipelines.cli", "db", "upgrade"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert error_lines == [
+        f"helix-pipelines: error: HELIX_EMBEDDING_DIM is {TEST_EMBEDDING_DIM + 1} but the "
+        f"database's qa_pair.embedding is vector({TEST_EMBEDDING_DIM}): set "
+        f"HELIX_EMBEDDING_DIM={TEST_EMBEDDING_DIM}, or point HELIX_DATABASE_URL at a database "
+        "created for this dimension"
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_db_url_hides_the_password(settings):
+    env = subprocess_env(settings, HELIX_DATABASE_URL="postgresql://bob:s3cret@127.0.0.1:1/x")
+    result = subprocess.run(
+        [sys.executable, "-m", "helix_pipelines.cli", "db", "url"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert result.stdout.strip() == "postgresql+psycopg://bob:***@127.0.0.1:1/x"
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def _tables(engine) -> set[str]:
+    return set(sa.inspect(engine).get_table_names())
