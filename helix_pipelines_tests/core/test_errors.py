@@ -1,0 +1,221 @@
+import psycopg
+import pytest
+import sqlalchemy.exc
+from psycopg import errors as pg
+
+from helix_pipelines.core.errors import ErrorKind, classify, is_statement_timeout, is_transient
+
+TRANSIENT, TERMINAL = ErrorKind.TRANSIENT, ErrorKind.TERMINAL
+
+
+def wrapped(orig: BaseException, cls=sqlalchemy.exc.OperationalError, **kwargs):
+    """How SQLAlchemy surfaces a driver error: the driver's exception as .orig."""
+    return cls("SELECT 1", {}, orig, **kwargs)
+
+
+class Psycopg2Style(Exception):
+    """psycopg2 exposes the SQLSTATE as pgcode."""
+
+    def __init__(self, pgcode):
+        super().__init__(f"pgcode {pgcode}")
+        self.pgcode = pgcode
+
+
+class StatusError(Exception):
+    def __init__(self, status_code, code=None):
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+        self.code = code
+
+
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (pg.SerializationFailure(), TRANSIENT),  # 40001
+        (pg.DeadlockDetected(), TRANSIENT),  # 40P01
+        (pg.TooManyConnections(), TRANSIENT),  # 53300
+        (pg.DiskFull(), TRANSIENT),  # 53100
+        (pg.AdminShutdown(), TRANSIENT),  # 57P01
+        (pg.CrashShutdown(), TRANSIENT),  # 57P02
+        (pg.CannotConnectNow(), TRANSIENT),  # 57P03
+        (pg.QueryCanceled(), TRANSIENT),  # 57014
+        (pg.LockNotAvailable(), TRANSIENT),  # 55P03
+        (pg.ConnectionFailure(), TRANSIENT),  # 08006
+        (pg.UniqueViolation(), TERMINAL),  # 23505
+        (pg.NotNullViolation(), TERMINAL),  # 23502
+        (pg.InvalidTextRepresentation(), TERMINAL),  # 22P02
+        (pg.StringDataRightTruncation(), TERMINAL),  # 22001
+        (pg.UndefinedTable(), TERMINAL),  # 42P01
+        (pg.SyntaxError(), TERMINAL),  # 42601
+        (Psycopg2Style("40P01"), TRANSIENT),
+        (Psycopg2Style("08003"), TRANSIENT),
+        (Psycopg2Style("23503"), TERMINAL),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_sqlstate_table(error, kind):
+    assert classify(error) is kind
+    assert classify(wrapped(error)) is kind  # found through SQLAlchemy's .orig
+
+
+def test_integrity_error_wrapped_by_sqlalchemy_is_terminal():
+    error = sqlalchemy.exc.DBAPIError.instance(
+        "INSERT", {}, pg.UniqueViolation("duplicate key"), psycopg.Error
+    )
+    assert isinstance(error, sqlalchemy.exc.IntegrityError)
+    assert classify(error) is TERMINAL
+
+
+def test_sqlstate_found_through_cause_and_context():
+    try:
+        try:
+            raise pg.DeadlockDetected()
+        except pg.DeadlockDetected as first:
+            raise RuntimeError("batch failed") from first
+    except RuntimeError as error:
+        assert is_transient(error)
+
+    try:
+        try:
+            raise pg.AdminShutdown()
+        except pg.AdminShutdown:
+            raise RuntimeError("while cleaning up") from None
+    except RuntimeError as error:
+        assert not is_transient(error)  # the context was explicitly suppressed
+
+
+def test_a_value_error_raised_while_handling_a_transient_error_stays_terminal():
+    try:
+        try:
+            raise pg.SerializationFailure()
+        except pg.SerializationFailure:
+            raise ValueError("bad row") from None
+    except ValueError as error:
+        assert classify(error) is TERMINAL
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "server closed the connection unexpectedly\n\tThis probably means the server terminated",
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+        "Connection refused",
+        "terminating connection due to administrator command",
+        "the database system is starting up",
+        "the database system is shutting down",
+        'connection to server on socket "/tmp/.s.PGSQL.5432" failed: No such file or directory',
+        "consuming input failed: server closed the connection unexpectedly",
+    ],
+)
+def test_connection_lost_messages_without_sqlstate(message):
+    driver_error = psycopg.OperationalError(message)
+    assert driver_error.sqlstate is None
+    assert is_transient(driver_error)
+    assert is_transient(wrapped(driver_error))
+    assert is_transient(psycopg.InterfaceError(message))
+
+
+def test_operational_error_with_another_message_is_terminal():
+    assert classify(psycopg.OperationalError("invalid dsn: missing '='")) is TERMINAL
+
+
+def test_sqlalchemy_invalidated_connection_is_transient():
+    error = wrapped(
+        Exception("anything"), cls=sqlalchemy.exc.DBAPIError, connection_invalidated=True
+    )
+    assert is_transient(error)
+
+
+def test_sqlalchemy_pool_timeout_and_disconnection_are_transient():
+    assert is_transient(sqlalchemy.exc.TimeoutError("QueuePool limit reached"))
+    assert is_transient(sqlalchemy.exc.DisconnectionError("stale connection"))
+
+
+@pytest.mark.parametrize(
+    "status, kind",
+    [
+        (429, TRANSIENT),
+        (408, TRANSIENT),
+        (409, TRANSIENT),
+        (500, TRANSIENT),
+        (502, TRANSIENT),
+        (503, TRANSIENT),
+        (400, TERMINAL),
+        (401, TERMINAL),
+        (403, TERMINAL),
+        (404, TERMINAL),
+        (422, TERMINAL),
+    ],
+)
+def test_http_status_codes(status, kind):
+    assert classify(StatusError(status)) is kind
+
+
+def test_status_code_on_the_response_is_read_too():
+    class Response:
+        status_code = 503
+
+    error = Exception("boom")
+    error.response = Response()
+    assert is_transient(error)
+
+
+def test_quota_exhaustion_429_is_terminal():
+    assert classify(StatusError(429, code="insufficient_quota")) is TERMINAL
+
+
+@pytest.mark.parametrize(
+    "class_name", ["APITimeoutError", "APIConnectionError", "RemoteProtocolError", "ReadTimeout"]
+)
+def test_client_network_errors_by_class_name(class_name):
+    assert is_transient(type(class_name, (Exception,), {})("network"))
+
+
+def test_subclass_of_a_network_error_class_is_transient():
+    base = type("APIConnectionError", (Exception,), {})
+    assert is_transient(type("SomethingElse", (base,), {})())
+
+
+@pytest.mark.parametrize(
+    "error",
+    [TimeoutError(), ConnectionResetError(), ConnectionRefusedError(), OSError()],
+)
+def test_network_builtins_are_transient(error):
+    assert is_transient(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [FileNotFoundError(), PermissionError(), ValueError(), KeyError("x"), RuntimeError()],
+)
+def test_local_and_programming_errors_are_terminal(error):
+    assert classify(error) is TERMINAL
+
+
+def test_explicit_transient_flag_decides_first():
+    class FlakyParse(ValueError):
+        transient = True
+
+    class NotWorthIt(Exception):
+        transient = False
+        status_code = 503
+
+    assert is_transient(FlakyParse())
+    assert not is_transient(NotWorthIt())
+
+
+def test_unknown_errors_are_terminal():
+    assert classify(Exception("who knows")) is TERMINAL
+
+
+def test_statement_timeout_detection():
+    assert is_statement_timeout(pg.QueryCanceled())
+    assert is_statement_timeout(wrapped(pg.QueryCanceled()))
+    assert not is_statement_timeout(pg.SerializationFailure())
+    assert not is_statement_timeout(TimeoutError())
+
+
+def test_cyclic_chains_terminate():
+    first, second = RuntimeError("a"), RuntimeError("b")
+    first.__context__, second.__context__ = second, first
+    assert classify(first) is TERMINAL
