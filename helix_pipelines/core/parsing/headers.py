@@ -1,0 +1,137 @@
+"""Which column holds the question, the answer and the category."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+# Earlier aliases win when several columns match one role (see docs/parsing.md).
+ROLE_ALIASES: dict[str, tuple[str, ...]] = {
+    "question": ("question", "q", "query", "prompt", "instruction", "title"),
+    "answer": ("answer", "a", "response", "reply", "completion", "body"),
+    "category": ("category", "topic", "intent", "tag", "section"),
+}
+REQUIRED_ROLES = ("question", "answer")
+
+# A UTF-8 BOM that survived as a character, or as cp1252/latin-1 mojibake.
+_BOM_LEFTOVERS = ("\ufeff", "\u00ef\u00bb\u00bf")
+
+
+class HeaderProblem(Exception):
+    """The header cannot serve: a required role has no column. The message says which."""
+
+
+@dataclass
+class ColumnPlan:
+    indexes: dict[str, int]  # role -> column position
+    columns: dict[str, str]  # role -> header name as written
+    ignored: list[str]
+    width: int  # number of header fields
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def question_index(self) -> int:
+        return self.indexes["question"]
+
+    @property
+    def answer_index(self) -> int:
+        return self.indexes["answer"]
+
+    @property
+    def category_index(self) -> int | None:
+        return self.indexes.get("category")
+
+
+def normalize_header(name: object) -> str:
+    text = "" if name is None else str(name)
+    text = text.strip()
+    for leftover in _BOM_LEFTOVERS:
+        if text.startswith(leftover):
+            text = text[len(leftover) :].strip()
+    return text.strip("\"'").strip().casefold()
+
+
+def plan_columns(header: Sequence[object], mapping: Mapping[str, str] | None = None) -> ColumnPlan:
+    """Pick a column per role. Raises HeaderProblem when question or answer has none."""
+    names = ["" if name is None else str(name).strip() for name in header]
+    keys = [normalize_header(name) for name in header]
+    mapping = dict(mapping or {})
+    unknown_roles = set(mapping) - set(ROLE_ALIASES)
+    if unknown_roles:
+        raise ValueError(f"column_mapping has unknown roles: {sorted(unknown_roles)}")
+
+    indexes: dict[str, int] = {}
+    notes: list[str] = []
+    for role, wanted in mapping.items():
+        position = _find_mapped(keys, wanted)
+        if position is None:
+            raise HeaderProblem(
+                f"the mapped {role} column {wanted!r} is not in the header ({_listing(names)})"
+            )
+        indexes[role] = position
+    for role, aliases in ROLE_ALIASES.items():
+        if role not in indexes:
+            _pick_by_alias(role, aliases, keys, names, set(indexes.values()), indexes, notes)
+
+    missing = [role for role in REQUIRED_ROLES if role not in indexes]
+    if missing:
+        raise HeaderProblem(_missing_message(missing, names))
+    used = set(indexes.values())
+    return ColumnPlan(
+        indexes=indexes,
+        columns={role: names[position] for role, position in indexes.items()},
+        ignored=[name for position, name in enumerate(names) if position not in used and name],
+        width=len(names),
+        notes=notes,
+    )
+
+
+def looks_like_header(header: Sequence[object], mapping: Mapping[str, str] | None) -> bool:
+    try:
+        plan_columns(header, mapping)
+    except HeaderProblem:
+        return False
+    return True
+
+
+def _find_mapped(keys: list[str], wanted: str) -> int | None:
+    target = normalize_header(wanted)
+    return next((position for position, key in enumerate(keys) if key == target), None)
+
+
+def _pick_by_alias(
+    role: str,
+    aliases: tuple[str, ...],
+    keys: list[str],
+    names: list[str],
+    taken: set[int],
+    indexes: dict[str, int],
+    notes: list[str],
+) -> None:
+    candidates = sorted(
+        (aliases.index(key), position)
+        for position, key in enumerate(keys)
+        if key in aliases and position not in taken
+    )
+    if not candidates:
+        return
+    chosen = candidates[0][1]
+    indexes[role] = chosen
+    if len(candidates) > 1:
+        others = ", ".join(repr(names[position]) for _, position in candidates[1:])
+        notes.append(f"{len(candidates)} {role} columns: used {names[chosen]!r}, ignored {others}")
+
+
+def _missing_message(missing: list[str], names: list[str]) -> str:
+    parts = []
+    for role in missing:
+        accepted = ", ".join(ROLE_ALIASES[role])
+        parts.append(f"no {role} column (accepted names: {accepted})")
+    return "; ".join(parts) + f"; found columns: {_listing(names)}"
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(repr(name) for name in names[:20])
+    if len(names) > 20:
+        shown += f", ... ({len(names)} in all)"
+    return shown or "none"
