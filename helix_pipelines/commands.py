@@ -1,8 +1,249 @@
-"""The operator verbs beyond `dev` and `db`: import, status, recover, embed, rollback, search,
-metrics."""
+"""The operator verbs beyond `dev` and `db`: import, status, recover, rollback, embed, search,
+metrics. Imports and embeddings run through the Dagster instance, so they show in the UI."""
 
 from __future__ import annotations
 
+import argparse
+import os
+from pathlib import Path
+
+from helix_pipelines.db import jobs
+from helix_pipelines.settings import Settings
+
 
 def register(verbs, *, add_json_flag) -> None:
-    """Added as each capability lands."""
+    imp = verbs.add_parser("import", help="import files now, through the Dagster instance")
+    imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    imp.add_argument("--no-embed", action="store_true", help="import only; embed later")
+    imp.add_argument("--keep-duplicates", action="store_true", help="keep pairs seen before")
+    add_json_flag(imp)
+    imp.set_defaults(handler=cmd_import)
+
+    status = verbs.add_parser("status", help="import jobs and their counts")
+    status.add_argument("job", nargs="?", help="a job id or partition key")
+    add_json_flag(status)
+    status.set_defaults(handler=cmd_status)
+
+    recover = verbs.add_parser("recover", help="resume imports whose run died")
+    recover.add_argument("--stale-after", type=float, default=None, metavar="SECONDS")
+    recover.add_argument("--resume", action="store_true", help="run the recovered imports now")
+    add_json_flag(recover)
+    recover.set_defaults(handler=cmd_recover)
+
+    rollback = verbs.add_parser("rollback", help="remove the pairs an import created")
+    rollback.add_argument("job", help="a job id or partition key")
+    add_json_flag(rollback)
+    rollback.set_defaults(handler=cmd_rollback)
+
+
+# -- import -------------------------------------------------------------------------------------
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines.cli import CliError, print_json
+    from helix_pipelines.pipeline.inbox import CannotTake
+    from helix_pipelines.pipeline.intake import intake_file
+
+    app, instance = _open_with_instance(settings)
+    options = {"keep_duplicates": True} if args.keep_duplicates else {}
+    failures = 0
+    for path in args.files:
+        if not path.is_file():
+            raise CliError(f"{path}: no such file")
+        try:
+            job, _ = intake_file(
+                app.engine,
+                path,
+                files_dir=settings.files_dir,
+                max_file_bytes=settings.max_file_bytes,
+                move=False,
+                options=options,
+            )
+        except CannotTake as exc:
+            raise CliError(f"{path}: {exc}") from exc
+        _release_if_orphaned(app.engine, instance, job)
+        _run_import(instance, job.partition_key, embed=not args.no_embed)
+        summary = job_summary(app.engine, job.id)
+        failures += summary["status"] == "failed"
+        print_json(summary) if args.json else _print_import(path, summary)
+    return 1 if failures else 0
+
+
+def _run_import(instance, partition_key: str, *, embed: bool) -> None:
+    from dagster import AssetKey
+
+    from helix_pipelines.definitions import defs
+    from helix_pipelines.defs.partitions import import_files
+
+    if not instance.has_dynamic_partition(import_files.name, partition_key):
+        instance.add_dynamic_partitions(import_files.name, [partition_key])
+    selection = [AssetKey("qa_pairs"), AssetKey("qa_embeddings")] if embed else None
+    job_def = defs.resolve_job_def("import_job")
+    job_def.execute_in_process(
+        instance=instance,
+        partition_key=partition_key,
+        asset_selection=selection or [AssetKey("qa_pairs")],
+        raise_on_error=False,
+        tags={"helix/launched_by": "cli"},
+    )
+
+
+def _release_if_orphaned(engine, instance, job: jobs.Job) -> None:
+    """Importing the file of a job whose run died resumes it at once (no waiting for stale)."""
+    from helix_pipelines.defs.runs import run_is_alive
+
+    if job.status == "processing" and not (
+        job.dagster_run_id and run_is_alive(instance, job.dagster_run_id)
+    ):
+        jobs.return_to_pending(engine, job.id, job.dagster_run_id)
+
+
+def job_summary(engine, job_id) -> dict:
+    """The JSON shape DESIGN.md fixes for `import --json`."""
+    job = jobs.get_job(engine, job_id)
+    return {
+        "import_job_id": str(job.id),
+        "partition_key": job.partition_key,
+        "status": job.status,
+        "rows_total": job.rows_total,
+        "pairs_created": job.pairs_created,
+        "duplicates_skipped": job.duplicates_skipped,
+        "row_errors": job.row_errors,
+        "last_error": job.last_error,
+        "embeddings": jobs.embedding_counts(engine, job.id),
+    }
+
+
+def _print_import(path: Path, s: dict) -> None:
+    e = s["embeddings"]
+    print(
+        f"{path.name}: {s['status']} ({s['partition_key']}): {s['rows_total']} rows, "
+        f"{s['pairs_created']} pairs, {s['duplicates_skipped']} duplicates, "
+        f"{s['row_errors']} row errors; embeddings {e['completed']} completed, "
+        f"{e['failed']} failed, {e['pending']} pending"
+    )
+    if s["last_error"]:
+        print(f"  last error: {s['last_error']}")
+
+
+# -- status, recover, rollback -----------------------------------------------------------------
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines import runtime
+    from helix_pipelines.cli import CliError, print_json
+
+    app = runtime.open_app(settings)
+    if args.job:
+        try:
+            job = jobs.get_job(app.engine, args.job)
+        except jobs.JobNotFound as exc:
+            raise CliError(str(exc)) from exc
+        detail = job_summary(app.engine, job.id) | {
+            "source_name": job.source_name,
+            "format": job.format,
+            "attempts": job.attempts,
+            "created_at": job.created_at,
+            "finished_at": job.finished_at,
+            "errors": jobs.row_errors_of(app.engine, job.id, limit=50),
+        }
+        if args.json:
+            print_json(detail)
+        else:
+            _print_job_detail(detail)
+        return 0
+    listing = [
+        job_summary(app.engine, j.id) | {"source_name": j.source_name}
+        for j in jobs.list_jobs(app.engine)
+    ]
+    if args.json:
+        print_json(listing)
+    else:
+        _print_job_table(listing)
+    return 0
+
+
+def _print_job_table(listing: list[dict]) -> None:
+    header = f"{'partition':<44} {'status':<22} {'rows':>8} {'pairs':>8} {'dups':>7} {'errors':>7}"
+    print(header)
+    for s in listing:
+        print(
+            f"{s['partition_key'][:44]:<44} {s['status']:<22} {s['rows_total']:>8} "
+            f"{s['pairs_created']:>8} {s['duplicates_skipped']:>7} {s['row_errors']:>7}"
+        )
+
+
+def _print_job_detail(d: dict) -> None:
+    for key in (
+        "import_job_id",
+        "partition_key",
+        "source_name",
+        "format",
+        "status",
+        "rows_total",
+        "pairs_created",
+        "duplicates_skipped",
+        "row_errors",
+        "attempts",
+        "last_error",
+        "embeddings",
+    ):
+        print(f"{key:>20}: {d[key]}")
+    for error in d["errors"]:
+        print(f"  row {error['source_row']}: {error['error_code']}: {error['message']}")
+
+
+def cmd_recover(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines.cli import print_json
+    from helix_pipelines.defs.runs import run_is_alive
+    from helix_pipelines.pipeline.recovery import recover_stale
+
+    app, instance = _open_with_instance(settings)
+    stale_after = args.stale_after if args.stale_after is not None else settings.stale_after_s
+    recovered = recover_stale(
+        app.engine,
+        stale_after_s=stale_after,
+        run_is_alive=lambda run_id: run_is_alive(instance, run_id),
+    )
+    resumed = []
+    if args.resume:
+        for job in jobs.list_pending(app.engine):
+            _run_import(instance, job.partition_key, embed=True)
+            resumed.append(job_summary(app.engine, job.id))
+    result = {"recovered": [j.partition_key for j in recovered], "resumed": resumed}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{len(recovered)} stale import(s) returned to pending")
+        for summary in resumed:
+            _print_import(Path(summary["partition_key"]), summary)
+    return 0
+
+
+def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines import runtime
+    from helix_pipelines.cli import CliError, print_json
+
+    app = runtime.open_app(settings)
+    try:
+        job, deleted = jobs.rollback_job(app.engine, args.job)
+    except (jobs.JobNotFound, jobs.JobBusy) as exc:
+        raise CliError(str(exc)) from exc
+    result = {"import_job_id": str(job.id), "status": job.status, "pairs_deleted": deleted}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{job.partition_key}: {deleted} pairs removed; status {job.status}")
+    return 0
+
+
+def _open_with_instance(settings: Settings):
+    """The database (migrated) and the Dagster instance of this HELIX_HOME."""
+    from dagster import DagsterInstance
+
+    from helix_pipelines import runtime
+    from helix_pipelines.devserver import dagster_environment
+
+    app = runtime.open_app(settings, migrate_schema=True)
+    os.environ["DAGSTER_HOME"] = dagster_environment(settings)["DAGSTER_HOME"]
+    return app, DagsterInstance.get()

@@ -1,19 +1,40 @@
 """The one composition root: reads the environment and wires the Dagster definitions."""
 
-from __future__ import annotations
-
 from dagster import Definitions, EnvVar
 
 from helix_pipelines.defs.assets import qa_embeddings, qa_pairs
-from helix_pipelines.defs.resources import DatabaseResource
+from helix_pipelines.defs.jobs import embed_job, import_job
+from helix_pipelines.defs.resources import DatabaseResource, ImportSettingsResource
+from helix_pipelines.defs.sensors import (
+    import_run_failure_sensor,
+    inbox_sensor,
+    stale_imports_sensor,
+)
 from helix_pipelines.settings import Settings, load_settings
 
 
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
         assets=[qa_pairs, qa_embeddings],
-        resources={"database": _database_resource(settings)},
+        jobs=[import_job, embed_job],
+        sensors=[inbox_sensor, stale_imports_sensor, import_run_failure_sensor],
+        resources=build_resources(settings),
     )
+
+
+def build_resources(settings: Settings) -> dict:
+    return {
+        "database": _database_resource(settings),
+        "import_settings": ImportSettingsResource(
+            inbox_dir=str(settings.inbox_dir),
+            files_dir=str(settings.files_dir),
+            max_question_chars=settings.max_question_chars,
+            max_answer_chars=settings.max_answer_chars,
+            max_file_bytes=settings.max_file_bytes,
+            stale_after_s=settings.stale_after_s,
+            max_attempts=settings.import_max_attempts,
+        ),
+    }
 
 
 def _database_resource(settings: Settings) -> DatabaseResource:

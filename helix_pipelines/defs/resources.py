@@ -1,15 +1,15 @@
 """Small Dagster resources; the composition root (definitions.py) fills them from the settings."""
 
-from __future__ import annotations
-
 from functools import lru_cache
 from pathlib import Path
 
 from dagster import ConfigurableResource
 from sqlalchemy.engine import Engine
 
+from helix_pipelines.core.parsing import ParseOptions
 from helix_pipelines.db.engine import cached_engine, resolve_database_url
 from helix_pipelines.db.migrate import check_embedding_dim
+from helix_pipelines.pipeline.importing import ImportOptions
 
 
 class DatabaseResource(ConfigurableResource):
@@ -28,3 +28,32 @@ def _checked_engine(database_url: str | None, helix_home: str, embedding_dim: in
     engine = cached_engine(resolve_database_url(database_url, Path(helix_home)))
     check_embedding_dim(engine, embedding_dim)
     return engine
+
+
+class ImportSettingsResource(ConfigurableResource):
+    """Where files arrive and are kept, and the limits an import works within."""
+
+    inbox_dir: str
+    files_dir: str
+    max_question_chars: int = 4000
+    max_answer_chars: int = 32000
+    max_file_bytes: int = 2 * 1024**3
+    stale_after_s: float = 300.0
+    max_attempts: int = 3
+    batch_deadline_s: float = 60.0
+    inbox_files_per_tick: int = 50
+
+    def import_options(self, job_options: dict | None = None) -> ImportOptions:
+        job_options = job_options or {}
+        parse = ParseOptions(
+            max_question_chars=self.max_question_chars,
+            max_answer_chars=self.max_answer_chars,
+            max_file_bytes=self.max_file_bytes,
+            column_mapping=job_options.get("column_mapping") or None,
+        )
+        return ImportOptions(
+            parse=parse,
+            keep_duplicates=bool(job_options.get("keep_duplicates", False)),
+            batch_deadline_s=self.batch_deadline_s,
+            stale_after_s=self.stale_after_s,
+        )

@@ -1,0 +1,158 @@
+"""One import batch, committed atomically with the job's checkpoint.
+
+Pairs and row errors go in with COPY (the fastest bulk path: see STACK.md), in the same
+transaction that advances `checkpoint_data`, `rows_processed` and `heartbeat_at`. A crash at any
+instant therefore loses at most the batch in flight and never duplicates one: a resumed import
+starts after the checkpoint, and a retried commit whose acknowledgement was lost finds its rows
+already covered by the checkpoint and does nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from helix_pipelines.core.parsing import Pair, RowError
+from helix_pipelines.db.jobs import lock_owned_job, merge_jsonb
+from helix_pipelines.db.schema import import_job
+
+# Imports that dedupe against the whole knowledge base commit one batch at a time, so two files
+# with the same pair cannot both insert it.
+DEDUPE_LOCK_ID = 72110002
+
+PAIR_COLUMNS = "import_job_id, source_row, question, answer, category, content_hash"
+ERROR_COLUMNS = "import_job_id, source_row, error_code, message, raw_excerpt"
+
+Hook = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Batch:
+    pairs: Sequence[Pair]
+    errors: Sequence[RowError]
+    first_source_row: int
+    last_source_row: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.pairs) + len(self.errors)
+
+    def split(self) -> tuple[Batch, Batch]:
+        """Two halves by source row, for a batch that missed its deadline."""
+        rows = sorted([*(p.source_row for p in self.pairs), *(e.source_row for e in self.errors)])
+        middle = rows[len(rows) // 2 - 1]
+        return (
+            self._between(self.first_source_row, middle),
+            self._between(middle + 1, self.last_source_row),
+        )
+
+    def _between(self, first: int, last: int) -> Batch:
+        return Batch(
+            pairs=[p for p in self.pairs if first <= p.source_row <= last],
+            errors=[e for e in self.errors if first <= e.source_row <= last],
+            first_source_row=first,
+            last_source_row=last,
+        )
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    pairs_created: int
+    duplicates_skipped: int
+    row_errors: int
+    already_committed: bool = False
+
+
+def commit_batch(
+    engine: Engine,
+    job_id: uuid.UUID,
+    run_id: str,
+    batch: Batch,
+    *,
+    keep_duplicates: bool,
+    statement_timeout_s: float,
+    hook: Hook | None = None,
+) -> BatchOutcome:
+    hook = hook or _no_hook
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(statement_timeout_s * 1000)}")
+        job = lock_owned_job(conn, job_id, run_id)
+        hook("locked")
+        if job.last_source_row >= batch.last_source_row:
+            return BatchOutcome(0, 0, 0, already_committed=True)
+        pairs = batch.pairs if keep_duplicates else _without_duplicates(conn, batch.pairs)
+        _copy_pairs(conn, job_id, pairs)
+        hook("pairs_copied")
+        _copy_errors(conn, job_id, batch.errors)
+        hook("errors_copied")
+        outcome = BatchOutcome(
+            pairs_created=len(pairs),
+            duplicates_skipped=len(batch.pairs) - len(pairs),
+            row_errors=len(batch.errors),
+        )
+        _advance_checkpoint(conn, job_id, batch, outcome)
+        hook("before_commit")
+    hook("committed")
+    return outcome
+
+
+def _without_duplicates(conn: Connection, pairs: Sequence[Pair]) -> list[Pair]:
+    """Drop pairs whose content already exists anywhere, or earlier in this batch."""
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(DEDUPE_LOCK_ID)))
+    hashes = list({p.content_hash for p in pairs})
+    seen = set(
+        conn.exec_driver_sql(
+            "SELECT content_hash FROM qa_pair WHERE content_hash = ANY(%s)", (hashes,)
+        ).scalars()
+    )
+    unique = []
+    for pair in pairs:
+        if pair.content_hash not in seen:
+            seen.add(pair.content_hash)
+            unique.append(pair)
+    return unique
+
+
+def _copy_pairs(conn: Connection, job_id: uuid.UUID, pairs: Sequence[Pair]) -> None:
+    if not pairs:
+        return
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy(f"COPY qa_pair ({PAIR_COLUMNS}) FROM STDIN") as copy:
+        for p in pairs:
+            copy.write_row((job_id, p.source_row, p.question, p.answer, p.category, p.content_hash))
+
+
+def _copy_errors(conn: Connection, job_id: uuid.UUID, errors: Sequence[RowError]) -> None:
+    if not errors:
+        return
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor.copy(f"COPY import_row_error ({ERROR_COLUMNS}) FROM STDIN") as copy:
+        for e in errors:
+            copy.write_row((job_id, e.source_row, e.error_code, e.message, e.raw_excerpt[:500]))
+
+
+def _advance_checkpoint(
+    conn: Connection, job_id: uuid.UUID, batch: Batch, outcome: BatchOutcome
+) -> None:
+    c = import_job.c
+    checkpoint = merge_jsonb(c.checkpoint_data, {"last_source_row": batch.last_source_row})
+    conn.execute(
+        sa.update(import_job)
+        .where(c.id == job_id)
+        .values(
+            checkpoint_data=checkpoint,
+            rows_processed=c.rows_processed + batch.rows,
+            pairs_created=c.pairs_created + outcome.pairs_created,
+            duplicates_skipped=c.duplicates_skipped + outcome.duplicates_skipped,
+            row_errors=c.row_errors + outcome.row_errors,
+            heartbeat_at=sa.func.now(),
+        )
+    )
+
+
+def _no_hook(point: str) -> None:
+    return None

@@ -1,0 +1,154 @@
+"""Sensors: the inbox, recovery of stale and pending imports, and failed import runs."""
+
+import json
+from pathlib import Path
+
+from dagster import (
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    run_failure_sensor,
+    sensor,
+)
+
+from helix_pipelines.db import jobs
+from helix_pipelines.defs.jobs import import_job
+from helix_pipelines.defs.partitions import import_files
+from helix_pipelines.defs.resources import DatabaseResource, ImportSettingsResource
+from helix_pipelines.defs.runs import partition_has_run_in_flight, run_is_alive
+from helix_pipelines.pipeline.inbox import CannotTake, look, reject
+from helix_pipelines.pipeline.intake import intake_file
+from helix_pipelines.pipeline.recovery import recover_stale
+
+# A pending job younger than this is about to be started by whoever registered it.
+PENDING_GRACE_S = 15.0
+
+
+@sensor(
+    job=import_job,
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Watches HELIX_INBOX_DIR. A file whose size and modification time held still between "
+        "two ticks is moved under $HELIX_HOME/files, registered as an import job and a "
+        "partition of import_files, and its import requested. Files that cannot be taken move "
+        "to inbox/rejected/ with a note of why."
+    ),
+)
+def inbox_sensor(
+    context: SensorEvaluationContext,
+    database: DatabaseResource,
+    import_settings: ImportSettingsResource,
+) -> SensorResult:
+    inbox = Path(import_settings.inbox_dir)
+    inbox.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(context.cursor) if context.cursor else {}
+    ready, observed = look(inbox, previous, limit=import_settings.inbox_files_per_tick)
+    engine = database.get_engine()
+    jobs_taken = []
+    for path in ready:
+        try:
+            job, created = intake_file(
+                engine,
+                path,
+                files_dir=Path(import_settings.files_dir),
+                max_file_bytes=import_settings.max_file_bytes,
+                move=True,
+            )
+        except (CannotTake, OSError) as exc:
+            where = reject(path, inbox, f"{path.name}: {exc}")
+            context.log.warning(f"rejected {path.name}: {exc} (moved to {where})")
+            continue
+        if created or not partition_has_run_in_flight(context.instance, job.partition_key):
+            jobs_taken.append(job)
+    return _import_requests(context, jobs_taken, cursor=json.dumps(observed))
+
+
+@sensor(
+    job=import_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Recovery: `processing` imports whose heartbeat is stale and whose run is gone go back "
+        "to `pending` (keeping their checkpoint), and every `pending` import without a run in "
+        "flight gets one."
+    ),
+)
+def stale_imports_sensor(
+    context: SensorEvaluationContext,
+    database: DatabaseResource,
+    import_settings: ImportSettingsResource,
+) -> SensorResult:
+    engine = database.get_engine()
+    recovered = recover_stale(
+        engine,
+        stale_after_s=import_settings.stale_after_s,
+        run_is_alive=lambda run_id: run_is_alive(context.instance, run_id),
+    )
+    for job in recovered:
+        context.log.info(f"import {job.partition_key} was stale: resuming from its checkpoint")
+    waiting = [
+        job
+        for job in jobs.list_pending(engine, quiet_for_s=PENDING_GRACE_S)
+        if not partition_has_run_in_flight(context.instance, job.partition_key)
+    ]
+    return _import_requests(context, waiting)
+
+
+def _import_requests(context, job_list, cursor: str | None = None) -> SensorResult:
+    missing = [
+        j.partition_key
+        for j in job_list
+        if not context.instance.has_dynamic_partition(import_files.name, j.partition_key)
+    ]
+    return SensorResult(
+        run_requests=[
+            RunRequest(partition_key=j.partition_key, tags={"helix/import_job_id": str(j.id)})
+            for j in job_list
+        ],
+        dynamic_partitions_requests=[import_files.build_add_request(missing)] if missing else [],
+        cursor=cursor,
+    )
+
+
+@run_failure_sensor(
+    monitored_jobs=[import_job],
+    minimum_interval_seconds=10,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "When an import run fails, writes the error and the attempt onto its import job; the job "
+        "goes back to `pending` (the recovery sensor re-requests it) until its attempts run out, "
+        "then becomes `failed`."
+    ),
+)
+def import_run_failure_sensor(
+    context: RunFailureSensorContext,
+    database: DatabaseResource,
+    import_settings: ImportSettingsResource,
+) -> None:
+    run = context.dagster_run
+    partition_key = run.tags.get("dagster/partition")
+    if not partition_key:
+        return
+    message = _failure_message(context)
+    try:
+        job = jobs.record_run_failure(
+            database.get_engine(),
+            partition_key,
+            message,
+            max_attempts=import_settings.max_attempts,
+            run_id=run.run_id,
+        )
+    except jobs.JobNotFound:
+        return
+    context.log.info(f"import {partition_key}: attempt {job.attempts} failed, now {job.status}")
+
+
+def _failure_message(context: RunFailureSensorContext) -> str:
+    for event in context.get_step_failure_events():
+        error = event.step_failure_data.error if event.step_failure_data else None
+        if error is not None:
+            return f"{event.step_key}: {error.message.strip()}"[:2000]
+    return (context.failure_event.message or "the run failed")[:2000]

@@ -1,0 +1,205 @@
+"""import_file(): stream one file into qa_pair in resumable, checkpointed batches."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from helix_pipelines.core.adaptive import AdaptiveBatchSize
+from helix_pipelines.core.errors import is_statement_timeout, is_transient
+from helix_pipelines.core.parsing import Chunk, FileUnreadable, ParseOptions, open_source
+from helix_pipelines.core.retry import RetryBudget, retrying
+from helix_pipelines.db import jobs
+from helix_pipelines.db.batches import Batch, BatchOutcome, commit_batch
+
+# on_batch(status, seconds, rows): status is success, error or timeout (for metrics).
+BatchObserver = Callable[[str, float, int], None]
+# hook(point): test-only fault injection at named points of a batch's transaction.
+Hook = Callable[[str], None]
+
+
+class BatchFailed(RuntimeError):
+    """A batch kept missing its deadline even at the smallest size."""
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    parse: ParseOptions = field(default_factory=ParseOptions)
+    keep_duplicates: bool = False
+    batch_size: AdaptiveBatchSize | None = None  # None: adaptive with the defaults
+    batch_deadline_s: float = 60.0
+    max_timeouts_at_minimum: int = 3
+    retry: RetryBudget = field(default_factory=RetryBudget)
+    stale_after_s: float = 300.0
+
+
+@dataclass
+class ImportReport:
+    job: jobs.Job
+    batches: int = 0
+    batch_size: int = 0
+    duration_s: float = 0.0
+    rows_this_run: int = 0
+    retries: int = 0
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_this_run / self.duration_s if self.duration_s > 0 else 0.0
+
+
+def import_file(
+    engine: Engine,
+    job_ref: str | uuid.UUID,
+    *,
+    run_id: str,
+    options: ImportOptions | None = None,
+    on_batch: BatchObserver | None = None,
+    hook: Hook | None = None,
+) -> ImportReport:
+    """Import (or resume) the job's file. Returns with the job finished, or raises: a raised
+    import is left `processing` with its checkpoint, for a retry or recovery to resume."""
+    options = options or ImportOptions()
+    started = time.monotonic()
+    job = jobs.start_job(engine, job_ref, run_id, stale_after_s=options.stale_after_s)
+    report = ImportReport(job=job)
+    if job.finished:
+        return report
+    try:
+        source = open_source(job.source_path, options.parse, display_name=job.source_name)
+    except FileUnreadable as exc:
+        report.job = jobs.fail_job(engine, job.id, str(exc))
+        return report
+    with source:
+        jobs.set_format(engine, job.id, source.summary.file_format, source.summary.as_dict())
+        writer = _BatchWriter(engine, job.id, run_id, options, on_batch, hook)
+        try:
+            chunks = source.chunks(start_after_row=job.last_source_row)
+            for batch in _batches(chunks, writer.sizer, job.last_source_row):
+                writer.write(batch)
+        except FileUnreadable as exc:
+            # Broken part-way (a truncated workbook): what was read stays, the reason is kept.
+            report.job = jobs.fail_job(engine, job.id, str(exc))
+            return report
+        report.summary = source.summary.as_dict()
+    jobs.set_format(engine, job.id, source.summary.file_format, report.summary)
+    report.job = jobs.finish_job(engine, job.id, run_id)
+    report.batches, report.retries = writer.batches, writer.retries
+    report.batch_size, report.rows_this_run = writer.sizer.current, writer.rows
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+class _BatchWriter:
+    def __init__(self, engine, job_id, run_id, options: ImportOptions, on_batch, hook):
+        self.engine, self.job_id, self.run_id = engine, job_id, run_id
+        self.options = options
+        self.sizer = options.batch_size or AdaptiveBatchSize()
+        self.on_batch = on_batch or (lambda status, seconds, rows: None)
+        self.hook = hook
+        self.batches = self.rows = self.retries = 0
+        self._timeouts_at_minimum = 0
+
+    def write(self, batch: Batch) -> None:
+        queue_ = [batch]
+        while queue_:
+            part = queue_.pop(0)
+            try:
+                self._commit_with_retries(part)
+            except Exception as exc:
+                if not is_statement_timeout(exc):
+                    raise
+                queue_[0:0] = self._split_after_timeout(part, exc)
+
+    def _commit_with_retries(self, batch: Batch) -> BatchOutcome:
+        def note_retry(error, attempt, wait_s):
+            self.retries += 1
+            self.on_batch("error", 0.0, batch.rows)
+
+        def retryable(exc):
+            return is_transient(exc) and not is_statement_timeout(exc)
+
+        for attempt in retrying(self.options.retry, retry_if=retryable, on_retry=note_retry):
+            with attempt:
+                began = time.monotonic()
+                outcome = commit_batch(
+                    self.engine,
+                    self.job_id,
+                    self.run_id,
+                    batch,
+                    keep_duplicates=self.options.keep_duplicates,
+                    statement_timeout_s=self.options.batch_deadline_s,
+                    hook=self.hook,
+                )
+        seconds = time.monotonic() - began
+        self.sizer.record(batch.rows, seconds)
+        self.batches += 1
+        self.rows += batch.rows
+        self.on_batch("success", seconds, batch.rows)
+        return outcome
+
+    def _split_after_timeout(self, batch: Batch, exc: BaseException) -> list[Batch]:
+        self.on_batch("timeout", self.options.batch_deadline_s, batch.rows)
+        self._timeouts_at_minimum += batch.rows <= self.sizer.minimum
+        if batch.rows <= 1 or self._timeouts_at_minimum >= self.options.max_timeouts_at_minimum:
+            raise BatchFailed(
+                f"rows {batch.first_source_row}-{batch.last_source_row} kept exceeding the "
+                f"batch deadline of {self.options.batch_deadline_s:g}s"
+            ) from exc
+        self.sizer.shrink()
+        return list(batch.split())
+
+
+def _batches(chunks: Iterator[Chunk], sizer: AdaptiveBatchSize, after_row: int) -> Iterator[Batch]:
+    """Group the parser's chunks into batches of about `sizer.current` rows. Parsing runs in a
+    thread a few chunks ahead, so reading the file overlaps the database's work on a batch."""
+    pairs, errors, first = [], [], after_row + 1
+    last = after_row
+    for chunk in _read_ahead(chunks):
+        pairs.extend(chunk.pairs)
+        errors.extend(chunk.errors)
+        last = chunk.last_source_row
+        if len(pairs) + len(errors) >= sizer.current:
+            yield Batch(pairs, errors, first, last)
+            pairs, errors, first = [], [], last + 1
+    if last >= first:
+        yield Batch(pairs, errors, first, last)
+
+
+_DONE = object()
+
+
+def _read_ahead(chunks: Iterator[Chunk], depth: int = 4) -> Iterator[Chunk]:
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                buffer.put(chunk)
+            buffer.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
+            buffer.put(exc)
+
+    thread = threading.Thread(target=produce, name="helix-parse", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full buffer
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
