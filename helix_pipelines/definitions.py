@@ -4,10 +4,15 @@ from dagster import Definitions, EnvVar
 
 from helix_pipelines.defs.assets import qa_embeddings, qa_pairs
 from helix_pipelines.defs.jobs import embed_job, import_job
-from helix_pipelines.defs.resources import DatabaseResource, ImportSettingsResource
+from helix_pipelines.defs.resources import (
+    DatabaseResource,
+    EmbeddingResource,
+    ImportSettingsResource,
+)
 from helix_pipelines.defs.sensors import (
     import_run_failure_sensor,
     inbox_sensor,
+    pending_embeddings_sensor,
     stale_imports_sensor,
 )
 from helix_pipelines.settings import Settings, load_settings
@@ -17,7 +22,12 @@ def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
         assets=[qa_pairs, qa_embeddings],
         jobs=[import_job, embed_job],
-        sensors=[inbox_sensor, stale_imports_sensor, import_run_failure_sensor],
+        sensors=[
+            inbox_sensor,
+            stale_imports_sensor,
+            import_run_failure_sensor,
+            pending_embeddings_sensor,
+        ],
         resources=build_resources(settings),
     )
 
@@ -34,7 +44,26 @@ def build_resources(settings: Settings) -> dict:
             stale_after_s=settings.stale_after_s,
             max_attempts=settings.import_max_attempts,
         ),
+        "embedding": _embedding_resource(settings),
     }
+
+
+def _embedding_resource(settings: Settings) -> EmbeddingResource:
+    return EmbeddingResource(
+        provider=settings.embedding_provider,
+        model=settings.embedding_model,
+        dim=settings.embedding_dim,
+        api_key=EnvVar("OPENAI_API_KEY") if settings.openai_api_key else None,
+        base_url=settings.openai_base_url,
+        rpm=settings.embed_rpm,
+        tpm=settings.embed_tpm,
+        max_concurrency=settings.embed_max_concurrency,
+        batch_size=settings.embed_batch_size,
+        timeout_s=settings.embed_timeout_s,
+        max_attempts=settings.embed_max_attempts,
+        truncate=settings.embed_truncate_long_inputs,
+        coverage_error_threshold=settings.coverage_error_threshold,
+    )
 
 
 def _database_resource(settings: Settings) -> DatabaseResource:

@@ -3,6 +3,9 @@
 import contextlib
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     Backoff,
     Failure,
@@ -14,8 +17,15 @@ from dagster import (
 )
 
 from helix_pipelines.db import jobs
+from helix_pipelines.db.embeddings import coverage
 from helix_pipelines.defs.partitions import import_files
-from helix_pipelines.defs.resources import DatabaseResource, ImportSettingsResource
+from helix_pipelines.defs.resources import (
+    DatabaseResource,
+    EmbeddingResource,
+    ImportSettingsResource,
+)
+from helix_pipelines.embedding.base import ProviderConfigError
+from helix_pipelines.pipeline.embedding import EmbedReport, embed_pending
 from helix_pipelines.pipeline.importing import ImportReport, import_file
 
 # A step retry resumes from the job's checkpoint; run retries do not stack on it (dagster.yaml).
@@ -87,13 +97,129 @@ def _note_error(engine, job_id, exc: BaseException) -> None:
         jobs.note_error(engine, job_id, f"{type(exc).__name__}: {exc}"[:2000])
 
 
+EMBED_RETRY = RetryPolicy(
+    max_retries=3, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+COVERAGE_CHECK = "embedding_coverage"
+DIMENSION_CHECK = "embedding_dimensions"
+ACCOUNTING_CHECK = "import_accounting"
+
+
 @asset(
     partitions_def=import_files,
     deps=[qa_pairs],
     group_name="knowledge_base",
     kinds={"postgres", "openai"},
-    description="Embeddings of the partition's pairs, written into qa_pair.embedding (pgvector).",
+    pool="embedding_api",
+    retry_policy=EMBED_RETRY,
+    check_specs=[
+        AssetCheckSpec(
+            COVERAGE_CHECK,
+            asset="qa_embeddings",
+            description=(
+                "Share of the partition's pairs with a completed embedding: ERROR under the "
+                "configured threshold (default 0.99), WARN under 1.0."
+            ),
+        ),
+        AssetCheckSpec(
+            DIMENSION_CHECK,
+            asset="qa_embeddings",
+            description=("Every stored vector has the configured dimension."),
+        ),
+        AssetCheckSpec(
+            ACCOUNTING_CHECK,
+            asset="qa_embeddings",
+            description=(
+                "The import accounted for every row: rows_total = pairs_created + "
+                "duplicates_skipped + row_errors."
+            ),
+        ),
+    ],  # fmt: skip
+    description=(
+        "Embeddings of the partition's pairs in qa_pair.embedding (pgvector), through the "
+        "configured provider under the deployment-wide rate limiter and circuit breaker. Pairs "
+        "left pending by an outage or a rate limit are picked up by the pending-embeddings sensor."
+    ),
 )
-def qa_embeddings(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
-    database.get_engine()
-    return MaterializeResult(metadata={})
+def qa_embeddings(
+    context: AssetExecutionContext, database: DatabaseResource, embedding: EmbeddingResource
+) -> MaterializeResult:
+    engine = database.get_engine()
+    job = jobs.get_job(engine, context.partition_key)
+    setup = embedding.setup()
+    provider = setup.build_provider()
+    breaker = setup.build_breaker(engine)
+    try:
+        report = embed_pending(
+            engine,
+            provider,
+            limiter=setup.build_limiter(engine),
+            breaker=breaker,
+            options=setup.options(),
+            job_id=job.id,
+        )
+    except ProviderConfigError as exc:
+        raise Failure(description=exc.message, allow_retries=False) from exc
+    finally:
+        provider.close()
+    if report.stopped_reason:
+        context.log.warning(f"stopped early: {report.stopped_reason}")
+    return MaterializeResult(
+        metadata=embedding_metadata(report, breaker.snapshot()["state"]),
+        check_results=embedding_checks(engine, job.id, embedding),
+    )
+
+
+def embedding_metadata(report: EmbedReport, circuit_state: str) -> dict:
+    return {
+        "embedded": report.embedded,
+        "failed": report.failed,
+        "still_pending": report.pending,
+        "requests": report.requests,
+        "retries": report.retries,
+        "rate_limited_429": report.rate_limited,
+        "tokens": report.tokens,
+        "latency_p50_s": MetadataValue.float(round(report.latency_percentile(50), 4)),
+        "latency_p95_s": MetadataValue.float(round(report.latency_percentile(95), 4)),
+        "estimated_cost_usd": MetadataValue.float(round(report.cost_usd(0.02), 6)),
+        "circuit_state": circuit_state,
+        "reset_for_model_change": report.reset_for_model,
+        "stopped_reason": report.stopped_reason or "",
+    }
+
+
+def embedding_checks(engine, job_id, embedding: EmbeddingResource) -> list[AssetCheckResult]:
+    cov = coverage(engine, job_id, embedding.dim)
+    job = jobs.get_job(engine, job_id)
+    accounted = job.pairs_created + job.duplicates_skipped + job.row_errors
+    return [
+        AssetCheckResult(
+            check_name=COVERAGE_CHECK,
+            passed=cov.ratio >= 1.0,
+            severity=(AssetCheckSeverity.ERROR if cov.ratio < embedding.coverage_error_threshold
+                      else AssetCheckSeverity.WARN),
+            metadata={
+                "coverage": MetadataValue.float(round(cov.ratio, 6)),
+                "total": cov.total,
+                "completed": cov.completed,
+                "pending": cov.pending,
+                "failed": cov.failed,
+                "commonest_failures": MetadataValue.json(
+                    [{"reason": r, "pairs": n} for r, n in cov.top_errors]),
+            },
+        ),
+        AssetCheckResult(
+            check_name=DIMENSION_CHECK,
+            passed=cov.wrong_dimension == 0,
+            metadata={"expected_dim": embedding.dim, "wrong_dimension": cov.wrong_dimension},
+        ),
+        AssetCheckResult(
+            check_name=ACCOUNTING_CHECK,
+            passed=job.finished and job.rows_total == accounted,
+            metadata={
+                "rows_total": job.rows_total, "pairs_created": job.pairs_created,
+                "duplicates_skipped": job.duplicates_skipped, "row_errors": job.row_errors,
+                "status": job.status,
+            },
+        ),
+    ]  # fmt: skip

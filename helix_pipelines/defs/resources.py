@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 from helix_pipelines.core.parsing import ParseOptions
 from helix_pipelines.db.engine import cached_engine, resolve_database_url
 from helix_pipelines.db.migrate import check_embedding_dim
+from helix_pipelines.embedding.wiring import EmbeddingSetup
 from helix_pipelines.pipeline.importing import ImportOptions
 
 
@@ -57,3 +58,30 @@ class ImportSettingsResource(ConfigurableResource):
             batch_deadline_s=self.batch_deadline_s,
             stale_after_s=self.stale_after_s,
         )
+
+
+class EmbeddingResource(ConfigurableResource):
+    """The embeddings API and its deployment-wide limits. The key arrives as an EnvVar, so the
+    UI and run configs show the variable's name, never its value."""
+
+    provider: str = "local"
+    model: str = "text-embedding-3-small"
+    dim: int = 1536
+    api_key: str | None = None
+    base_url: str | None = None
+    rpm: int = 3000
+    tpm: int = 1_000_000
+    max_concurrency: int = 4
+    batch_size: int = 256
+    timeout_s: float = 30.0
+    max_attempts: int = 5
+    truncate: bool = True
+    coverage_error_threshold: float = 0.99
+
+    def setup(self) -> EmbeddingSetup:
+        return EmbeddingSetup(
+            provider=self.provider, model=self.model, dim=self.dim, api_key=self.api_key,
+            base_url=self.base_url, rpm=self.rpm, tpm=self.tpm,
+            max_concurrency=self.max_concurrency, batch_size=self.batch_size,
+            timeout_s=self.timeout_s, max_attempts=self.max_attempts, truncate=self.truncate,
+        )  # fmt: skip

@@ -9,14 +9,20 @@ from dagster import (
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
+    SkipReason,
     run_failure_sensor,
     sensor,
 )
 
 from helix_pipelines.db import jobs
-from helix_pipelines.defs.jobs import import_job
+from helix_pipelines.db.embeddings import partitions_to_embed
+from helix_pipelines.defs.jobs import embed_job, import_job
 from helix_pipelines.defs.partitions import import_files
-from helix_pipelines.defs.resources import DatabaseResource, ImportSettingsResource
+from helix_pipelines.defs.resources import (
+    DatabaseResource,
+    EmbeddingResource,
+    ImportSettingsResource,
+)
 from helix_pipelines.defs.runs import partition_has_run_in_flight, run_is_alive
 from helix_pipelines.pipeline.inbox import CannotTake, look, reject
 from helix_pipelines.pipeline.intake import intake_file
@@ -152,3 +158,33 @@ def _failure_message(context: RunFailureSensorContext) -> str:
         if error is not None:
             return f"{event.step_key}: {error.message.strip()}"[:2000]
     return (context.failure_event.message or "the run failed")[:2000]
+
+
+@sensor(
+    job=embed_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Requests an embedding run for every finished import with pending pairs (or pairs "
+        "embedded by another model than HELIX_EMBEDDING_MODEL) and no run in flight. While the "
+        "embeddings API's circuit breaker is open it backs off."
+    ),
+)
+def pending_embeddings_sensor(
+    context: SensorEvaluationContext,
+    database: DatabaseResource,
+    embedding: EmbeddingResource,
+):
+    engine = database.get_engine()
+    setup = embedding.setup()
+    circuit = setup.build_breaker(engine).snapshot()
+    if circuit["state"] == "open":
+        return SkipReason(f"circuit open: next probe in {circuit['retry_in_s']:.0f}s")
+    keys = [
+        key
+        for key in partitions_to_embed(engine, setup.provider_model())
+        if not partition_has_run_in_flight(context.instance, key)
+    ]
+    if not keys:
+        return SkipReason("no pending embeddings")
+    return SensorResult(run_requests=[RunRequest(partition_key=key) for key in keys])

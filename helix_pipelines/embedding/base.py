@@ -57,6 +57,8 @@ class EmbeddingError(Exception):
 class TransientEmbeddingError(EmbeddingError):
     """Worth retrying: 408, 409, 429, 5xx, timeouts, connection failures, malformed responses."""
 
+    transient = True  # read by core.errors.classify, the one place that decides
+
 
 class RateLimitedError(TransientEmbeddingError):
     """HTTP 429; retry_after_s holds the server's hint when it sent one."""
@@ -65,9 +67,13 @@ class RateLimitedError(TransientEmbeddingError):
 class InvalidInputError(EmbeddingError):
     """HTTP 400 and the like: some input in the batch is bad; retrying it unchanged won't help."""
 
+    transient = False
+
 
 class ProviderConfigError(EmbeddingError):
     """Wrong key, model or URL (401/403/404): nothing in this run can succeed."""
+
+    transient = False
 
 
 @runtime_checkable

@@ -39,10 +39,13 @@ _SALT = {
 }
 
 
+LOCAL_MODEL = "local-hashing-v1"
+
+
 class LocalProvider:
     name = "local"
 
-    def __init__(self, *, dim: int = 1536, model: str = "local-hashing-v1") -> None:
+    def __init__(self, *, dim: int = 1536, model: str = LOCAL_MODEL) -> None:
         if dim < 8:
             raise ValueError(f"dim must be at least 8, got {dim}")
         self.dim = dim

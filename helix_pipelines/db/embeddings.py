@@ -1,0 +1,183 @@
+"""Claiming pairs to embed and writing their vectors back in bulk."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from pgvector.psycopg import register_vector
+from sqlalchemy.engine import Connection, Engine
+
+if TYPE_CHECKING:
+    from helix_pipelines.pipeline.embedding import ChunkOutcome
+
+
+@dataclass(frozen=True)
+class ClaimedPair:
+    id: int
+    question: str
+    answer: str
+
+
+def claim_pending(conn: Connection, job_id: uuid.UUID | None, limit: int) -> list[ClaimedPair]:
+    """Lock up to `limit` pending pairs for this transaction; others' claims are skipped."""
+    job_filter = "AND import_job_id = :job" if job_id else ""
+    rows = conn.execute(
+        sa.text(
+            "SELECT id, question, answer FROM qa_pair "
+            f"WHERE embedding_status = 'pending' {job_filter} "
+            "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+        ),
+        {"job": job_id, "limit": limit},
+    )
+    return [ClaimedPair(*row) for row in rows]
+
+
+def write_results(conn: Connection, outcome: ChunkOutcome, *, model: str, max_attempts: int):
+    _write_vectors(conn, outcome, model)
+    _write_failures(conn, outcome.failed, terminal=True, max_attempts=max_attempts)
+    _write_failures(conn, outcome.retry_later, terminal=False, max_attempts=max_attempts)
+
+
+def _write_vectors(conn: Connection, outcome: ChunkOutcome, model: str) -> None:
+    """COPY (binary) into a staging table, then one UPDATE ... FROM: the fast way to set many
+    vectors (STACK.md)."""
+    if not outcome.vectors:
+        return
+    raw = conn.connection.driver_connection
+    register_vector(raw)
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE IF NOT EXISTS embedding_staging "
+        "(id bigint, embedding vector, truncated boolean) ON COMMIT DELETE ROWS"
+    )
+    with raw.cursor() as cursor:
+        copy_sql = (
+            "COPY embedding_staging (id, embedding, truncated) FROM STDIN WITH (FORMAT BINARY)"
+        )
+        with cursor.copy(copy_sql) as copy:
+            copy.set_types(["int8", "vector", "bool"])
+            for key, vector in outcome.vectors.items():
+                copy.write_row((key, vector, key in outcome.truncated))
+    conn.execute(
+        sa.text(
+            "UPDATE qa_pair q SET embedding = s.embedding, embedding_status = 'completed', "
+            "embedding_model = :model, embedded_at = now(), embedding_error = NULL, "
+            "embedding_truncated = s.truncated, embedding_attempts = q.embedding_attempts + 1 "
+            "FROM embedding_staging s WHERE q.id = s.id"
+        ),
+        {"model": model},
+    )
+
+
+def _write_failures(conn: Connection, errors: dict[int, str], *, terminal: bool, max_attempts):
+    """A bad input fails at once; a transient failure counts an attempt and fails the pair only
+    once its attempts are used up."""
+    if not errors:
+        return
+    status = (
+        "'failed'"
+        if terminal
+        else "CASE WHEN embedding_attempts + 1 >= :max THEN 'failed' ELSE 'pending' END"
+    )
+    conn.execute(
+        sa.text(
+            f"UPDATE qa_pair SET embedding_status = {status}, embedding_error = :error, "
+            "embedding_attempts = embedding_attempts + 1 WHERE id = :id"
+        ),
+        [{"id": key, "error": message, "max": max_attempts} for key, message in errors.items()],
+    )
+
+
+def reset_other_models(engine: Engine, model: str, job_id: uuid.UUID | None) -> int:
+    """Pairs embedded with another model go back to `pending` (their old vector stays usable
+    until the new one replaces it)."""
+    job_filter = "AND import_job_id = :job" if job_id else ""
+    with engine.begin() as conn:
+        return conn.execute(
+            sa.text(
+                "UPDATE qa_pair SET embedding_status = 'pending', embedding_attempts = 0 "
+                f"WHERE embedding_status = 'completed' AND embedding_model <> :model {job_filter}"
+            ),
+            {"model": model, "job": job_id},
+        ).rowcount
+
+
+def count_pending(engine: Engine, job_id: uuid.UUID | None) -> int:
+    job_filter = "AND import_job_id = :job" if job_id else ""
+    with engine.connect() as conn:
+        return conn.scalar(
+            sa.text(
+                f"SELECT count(*) FROM qa_pair WHERE embedding_status = 'pending' {job_filter}"
+            ),
+            {"job": job_id},
+        )
+
+
+def partitions_to_embed(engine: Engine, model: str) -> list[str]:
+    """Partition keys of finished imports with pending pairs, or with pairs embedded by another
+    model than the configured one."""
+    with engine.connect() as conn:
+        return list(
+            conn.scalars(
+                sa.text(
+                    "SELECT j.partition_key FROM import_job j WHERE j.status IN "
+                    "('completed', 'completed_with_errors') AND EXISTS (SELECT 1 FROM qa_pair q "
+                    "WHERE q.import_job_id = j.id AND (q.embedding_status = 'pending' OR "
+                    "(q.embedding_status = 'completed' AND q.embedding_model <> :model))) "
+                    "ORDER BY j.created_at"
+                ),
+                {"model": model},
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Coverage:
+    total: int
+    completed: int
+    failed: int
+    pending: int
+    top_errors: list[tuple[str, int]]
+    wrong_dimension: int
+
+    @property
+    def ratio(self) -> float:
+        return self.completed / self.total if self.total else 1.0
+
+
+def coverage(engine: Engine, job_id: uuid.UUID, dim: int) -> Coverage:
+    with engine.connect() as conn:
+        counts = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT embedding_status, count(*) FROM qa_pair WHERE import_job_id = :job "
+                    "GROUP BY embedding_status"
+                ),
+                {"job": job_id},
+            ).all()
+        )
+        top_errors = conn.execute(
+            sa.text(
+                "SELECT left(embedding_error, 200) AS reason, count(*) AS n FROM qa_pair "
+                "WHERE import_job_id = :job AND embedding_status = 'failed' "
+                "GROUP BY 1 ORDER BY 2 DESC LIMIT 5"
+            ),
+            {"job": job_id},
+        ).all()
+        wrong_dimension = conn.scalar(
+            sa.text(
+                "SELECT count(*) FROM qa_pair WHERE import_job_id = :job "
+                "AND embedding IS NOT NULL AND vector_dims(embedding) <> :dim"
+            ),
+            {"job": job_id, "dim": dim},
+        )
+    return Coverage(
+        total=sum(counts.values()),
+        completed=counts.get("completed", 0),
+        failed=counts.get("failed", 0),
+        pending=counts.get("pending", 0),
+        top_errors=[(r.reason, r.n) for r in top_errors],
+        wrong_dimension=wrong_dimension,
+    )

@@ -1,0 +1,81 @@
+"""Everything an embedding run needs, built from plain values (settings or a resource)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from helix_pipelines.core.circuit_breaker import CircuitBreaker
+from helix_pipelines.core.rate_limit import RateLimiter, RateLimits
+from helix_pipelines.db.state_store import PostgresStateStore
+from helix_pipelines.embedding import build_provider
+from helix_pipelines.embedding.base import EmbeddingProvider
+from helix_pipelines.embedding.local_provider import LOCAL_MODEL
+from helix_pipelines.pipeline.embedding import EmbedOptions
+
+LIMITER_NAME = "embeddings_rate"
+BREAKER_NAME = "embeddings_api"
+
+
+@dataclass(frozen=True)
+class EmbeddingSetup:
+    provider: str
+    model: str
+    dim: int
+    api_key: str | None
+    base_url: str | None
+    rpm: int
+    tpm: int
+    max_concurrency: int
+    batch_size: int
+    timeout_s: float
+    max_attempts: int
+    truncate: bool
+    breaker_failures: int = 5
+    breaker_recovery_s: float = 30.0
+
+    def __repr__(self) -> str:  # never show the key
+        return f"EmbeddingSetup(provider={self.provider!r}, model={self.model!r}, dim={self.dim})"
+
+    def provider_model(self) -> str:
+        """The name recorded in qa_pair.embedding_model: the local provider has its own."""
+        return self.model if self.provider == "openai" else LOCAL_MODEL
+
+    def build_provider(self) -> EmbeddingProvider:
+        return build_provider(
+            provider=self.provider, model=self.model, dim=self.dim, api_key=self.api_key,
+            base_url=self.base_url, timeout_s=self.timeout_s,
+        )  # fmt: skip
+
+    def build_limiter(self, engine: Engine) -> RateLimiter:
+        return RateLimiter(RateLimits(self.rpm, self.tpm), PostgresStateStore(engine), LIMITER_NAME)
+
+    def build_breaker(self, engine: Engine) -> CircuitBreaker:
+        return CircuitBreaker(
+            PostgresStateStore(engine), BREAKER_NAME,
+            failure_threshold=self.breaker_failures, recovery_s=self.breaker_recovery_s,
+        )  # fmt: skip
+
+    def options(self) -> EmbedOptions:
+        return EmbedOptions(
+            batch_size=self.batch_size, max_concurrency=self.max_concurrency,
+            max_attempts=self.max_attempts, truncate=self.truncate,
+        )  # fmt: skip
+
+
+def setup_from_settings(settings) -> EmbeddingSetup:
+    return EmbeddingSetup(
+        provider=settings.embedding_provider,
+        model=settings.embedding_model,
+        dim=settings.embedding_dim,
+        api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+        base_url=settings.openai_base_url,
+        rpm=settings.embed_rpm,
+        tpm=settings.embed_tpm,
+        max_concurrency=settings.embed_max_concurrency,
+        batch_size=settings.embed_batch_size,
+        timeout_s=settings.embed_timeout_s,
+        max_attempts=settings.embed_max_attempts,
+        truncate=settings.embed_truncate_long_inputs,
+    )

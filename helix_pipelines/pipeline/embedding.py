@@ -1,0 +1,260 @@
+"""embed_pending(): claim pending pairs, embed them under the shared limiter and breaker, write
+their vectors.
+
+Pairs are claimed with `FOR UPDATE SKIP LOCKED` in a transaction that stays open while the
+chunk is embedded and commits the results: a run killed at any instant releases its claim, and
+its pairs are simply `pending` again. Vectors are matched to pairs by key from claim to write,
+never by position.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from helix_pipelines.core.batching import EmbedItem, plan_batches, prepare_items
+from helix_pipelines.core.circuit_breaker import CircuitBreaker, CircuitOpenError
+from helix_pipelines.core.errors import is_transient
+from helix_pipelines.core.rate_limit import RateLimiter
+from helix_pipelines.core.retry import RetryBudget, retrying
+from helix_pipelines.db import embeddings as store
+from helix_pipelines.embedding.base import (
+    EmbeddingError,
+    EmbeddingProvider,
+    InvalidInputError,
+    ProviderConfigError,
+    RateLimitedError,
+    TransientEmbeddingError,
+    embedding_text,
+)
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    batch_size: int = 256
+    max_concurrency: int = 4
+    max_attempts: int = 5
+    truncate: bool = True
+    max_input_tokens: int = 8192
+    max_request_tokens: int = 300_000
+    batch_deadline_s: float = 180.0
+    retry: RetryBudget = field(
+        default_factory=lambda: RetryBudget(attempts=6, initial_s=0.5, max_s=30.0, deadline_s=120.0)
+    )
+    usd_per_million_tokens: float = 0.02
+
+    @property
+    def claim_size(self) -> int:
+        return self.batch_size * self.max_concurrency * 2
+
+
+class EmbedObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def request(self, outcome: str, latency_s: float, inputs: int) -> None: ...
+
+    def limiter_wait(self, seconds: float) -> None: ...
+
+
+@dataclass
+class EmbedReport:
+    embedded: int = 0
+    failed: int = 0
+    pending: int = 0
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    tokens: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    circuit_open: bool = False
+    stopped_reason: str | None = None
+    reset_for_model: int = 0
+
+    def latency_percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q)) if self.latencies_s else 0.0
+
+    def cost_usd(self, usd_per_million_tokens: float) -> float:
+        return self.tokens * usd_per_million_tokens / 1_000_000
+
+
+@dataclass
+class ChunkOutcome:
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)
+    truncated: set[int] = field(default_factory=set)
+    failed: dict[int, str] = field(default_factory=dict)  # the input itself is bad
+    retry_later: dict[int, str] = field(default_factory=dict)  # transient, retries exhausted
+
+    def merge(self, other: ChunkOutcome) -> None:
+        self.vectors.update(other.vectors)
+        self.failed.update(other.failed)
+        self.retry_later.update(other.retry_later)
+
+
+def embed_pending(
+    engine: Engine,
+    provider: EmbeddingProvider,
+    *,
+    limiter: RateLimiter,
+    breaker: CircuitBreaker,
+    options: EmbedOptions | None = None,
+    job_id: uuid.UUID | None = None,
+    observer: EmbedObserver | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> EmbedReport:
+    """Embed the pending pairs of one import (or of all when `job_id` is None) until none is
+    left, the circuit opens, or a chunk leaves pairs for later."""
+    options = options or EmbedOptions()
+    report = EmbedReport()
+    report.reset_for_model = store.reset_other_models(engine, provider.model, job_id)
+    embedder = _ChunkEmbedder(
+        provider, limiter, breaker, options, report, observer or EmbedObserver(), sleep
+    )
+    while report.stopped_reason is None:
+        with engine.begin() as conn:
+            claimed = store.claim_pending(conn, job_id, options.claim_size)
+            if not claimed:
+                break
+            outcome = embedder.embed(claimed)
+            store.write_results(
+                conn, outcome, model=provider.model, max_attempts=options.max_attempts
+            )
+        report.embedded += len(outcome.vectors)
+        report.failed += len(outcome.failed)
+        if outcome.retry_later and report.stopped_reason is None:
+            report.stopped_reason = "some requests kept failing; the rest waits for a later run"
+    report.pending = store.count_pending(engine, job_id)
+    return report
+
+
+class _ChunkEmbedder:
+    def __init__(self, provider, limiter, breaker, options, report, observer, sleep):
+        self.provider, self.limiter, self.breaker = provider, limiter, breaker
+        self.options, self.report, self.observer, self.sleep = options, report, observer, sleep
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def embed(self, claimed: Sequence[store.ClaimedPair]) -> ChunkOutcome:
+        outcome = ChunkOutcome()
+        rows = [(p.id, embedding_text(p.question, p.answer)) for p in claimed]
+        items, rejected = prepare_items(rows, self.options.max_input_tokens, self.options.truncate)
+        outcome.failed.update(dict(rejected))
+        outcome.truncated.update(item.key for item in items if item.truncated)
+        batches = plan_batches(items, self.options.batch_size, self.options.max_request_tokens)
+        with ThreadPoolExecutor(self.options.max_concurrency, "helix-embed") as pool:
+            for result in pool.map(self._embed_batch, batches):
+                outcome.merge(result)
+        return outcome
+
+    def _embed_batch(self, items: list[EmbedItem]) -> ChunkOutcome:
+        if self._stop.is_set():
+            return ChunkOutcome()  # untouched: still pending, no attempt counted
+        try:
+            vectors = self._call_with_retries(items)
+        except InvalidInputError as exc:
+            return self._isolate_bad_input(items, exc)
+        except CircuitOpenError:
+            self._halt("the circuit breaker is open: the embeddings API looks down")
+            with self._lock:
+                self.report.circuit_open = True
+            return ChunkOutcome()
+        except ProviderConfigError:
+            self._halt("the provider refused the configuration")
+            raise
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            return ChunkOutcome(retry_later={item.key: _describe(exc) for item in items})
+        return ChunkOutcome(vectors={item.key: vectors[i] for i, item in enumerate(items)})
+
+    def _isolate_bad_input(self, items: list[EmbedItem], exc: InvalidInputError) -> ChunkOutcome:
+        """One bad input fails a whole request: split until it stands alone."""
+        if len(items) == 1:
+            return ChunkOutcome(failed={items[0].key: exc.message})
+        middle = len(items) // 2
+        outcome = self._embed_batch(items[:middle])
+        outcome.merge(self._embed_batch(items[middle:]))
+        return outcome
+
+    def _call_with_retries(self, items: list[EmbedItem]) -> np.ndarray:
+        deadline = time.time() + self.options.batch_deadline_s
+        for attempt in retrying(
+            self.options.retry, sleep=self.sleep, retry_if=_retryable, on_retry=self._count_retry
+        ):
+            with attempt:
+                return self._call_once(items, deadline)
+        raise AssertionError("unreachable: retrying re-raises")
+
+    def _call_once(self, items: list[EmbedItem], deadline: float) -> np.ndarray:
+        self.breaker.before_call()
+        tokens = sum(item.tokens for item in items)
+        waited = self.limiter.acquire(tokens, sleep=self.sleep, deadline=deadline)
+        self.observer.limiter_wait(waited)
+        try:
+            result = self.provider.embed([item.text for item in items])
+        except RateLimitedError as exc:
+            self._record_request("rate_limited", 0.0, len(items))
+            if exc.retry_after_s:
+                self.limiter.pause_for(exc.retry_after_s)
+            raise
+        except InvalidInputError:
+            self.breaker.record_success()  # the service answered: it is up
+            self._record_request("invalid_input", 0.0, len(items))
+            raise
+        except EmbeddingError:
+            self.breaker.record_failure()
+            self._record_request("error", 0.0, len(items))
+            raise
+        self.breaker.record_success()
+        if result.rate_limit is not None:
+            info = result.rate_limit
+            self.limiter.observe(
+                info.remaining_requests,
+                info.remaining_tokens,
+                info.reset_requests_s,
+                info.reset_tokens_s,
+            )
+        _check_vectors(result.vectors, len(items), self.provider.dim)
+        self._record_request("success", result.latency_s, len(items), result.tokens)
+        return result.vectors
+
+    def _record_request(self, outcome: str, latency_s: float, inputs: int, tokens: int = 0):
+        with self._lock:
+            self.report.requests += 1
+            self.report.rate_limited += outcome == "rate_limited"
+            self.report.tokens += tokens
+            if outcome == "success":
+                self.report.latencies_s.append(latency_s)
+        self.observer.request(outcome, latency_s, inputs)
+
+    def _count_retry(self, error: BaseException, attempt: int, wait_s: float) -> None:
+        with self._lock:
+            self.report.retries += 1
+
+    def _halt(self, reason: str) -> None:
+        self._stop.set()
+        with self._lock:
+            self.report.stopped_reason = self.report.stopped_reason or reason
+
+
+def _retryable(exc: BaseException) -> bool:
+    # An open circuit is transient for the deployment, but this run stops rather than waits.
+    return not isinstance(exc, CircuitOpenError) and is_transient(exc)
+
+
+def _check_vectors(vectors: np.ndarray, count: int, dim: int) -> None:
+    """The provider validated the response; a vector must still never reach the wrong row."""
+    if vectors.shape != (count, dim) or not np.isfinite(vectors).all():
+        raise TransientEmbeddingError(
+            f"malformed response: got vectors of shape {vectors.shape}, expected ({count}, {dim})"
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    return (getattr(exc, "message", None) or str(exc) or type(exc).__name__)[:1000]
