@@ -35,6 +35,16 @@ def register(verbs, *, add_json_flag) -> None:
     add_json_flag(rollback)
     rollback.set_defaults(handler=cmd_rollback)
 
+    embed = verbs.add_parser("embed", help="embed every pending pair now")
+    add_json_flag(embed)
+    embed.set_defaults(handler=cmd_embed)
+
+    search = verbs.add_parser("search", help="nearest pairs by embedding")
+    search.add_argument("text")
+    search.add_argument("-k", type=int, default=5, help="how many pairs (default 5)")
+    add_json_flag(search)
+    search.set_defaults(handler=cmd_search)
+
 
 # -- import -------------------------------------------------------------------------------------
 
@@ -247,3 +257,80 @@ def _open_with_instance(settings: Settings):
     app = runtime.open_app(settings, migrate_schema=True)
     os.environ["DAGSTER_HOME"] = dagster_environment(settings)["DAGSTER_HOME"]
     return app, DagsterInstance.get()
+
+
+# -- embed, search ------------------------------------------------------------------------------
+
+
+def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines import runtime
+    from helix_pipelines.cli import CliError, print_json
+    from helix_pipelines.embedding.base import ProviderConfigError
+    from helix_pipelines.embedding.wiring import setup_from_settings
+    from helix_pipelines.pipeline.embedding import embed_pending
+
+    app = runtime.open_app(settings)
+    setup = setup_from_settings(settings)
+    breaker = setup.build_breaker(app.engine)
+    try:
+        provider = setup.build_provider()
+        try:
+            report = embed_pending(
+                app.engine, provider, limiter=setup.build_limiter(app.engine), breaker=breaker,
+                options=setup.options(),
+            )  # fmt: skip
+        finally:
+            provider.close()
+    except ProviderConfigError as exc:
+        raise CliError(exc.message) from exc
+    result = {
+        "embedded": report.embedded,
+        "failed": report.failed,
+        "pending": report.pending,
+        "requests": report.requests,
+        "retries": report.retries,
+        "tokens": report.tokens,
+        "circuit_state": breaker.snapshot()["state"],
+        "stopped_reason": report.stopped_reason,
+    }
+    if args.json:
+        print_json(result)
+    else:
+        print(
+            f"embedded {report.embedded}, failed {report.failed}, still pending "
+            f"{report.pending} ({report.requests} requests, circuit {result['circuit_state']})"
+        )
+        if report.stopped_reason:
+            print(f"  stopped early: {report.stopped_reason}")
+    return 0
+
+
+def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines import runtime
+    from helix_pipelines.cli import CliError, print_json
+    from helix_pipelines.db.search import nearest
+    from helix_pipelines.embedding.base import EmbeddingError
+    from helix_pipelines.embedding.wiring import setup_from_settings
+
+    app = runtime.open_app(settings)
+    provider = setup_from_settings(settings).build_provider()
+    try:
+        vector = provider.embed([args.text]).vectors[0]
+    except EmbeddingError as exc:
+        raise CliError(f"cannot embed the query: {exc.message}") from exc
+    finally:
+        provider.close()
+    hits = nearest(app.engine, vector, args.k)
+    if args.json:
+        print_json([{k: v for k, v in hit.items() if k != "id"} for hit in hits])
+        return 0
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank}. [{hit['distance']:.4f}] {hit['question']}")
+        print(f"   {_one_line(hit['answer'])}")
+        print(f"   category: {hit['category'] or '-'} · import: {hit['partition_key']}")
+    return 0
+
+
+def _one_line(text: str, width: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
