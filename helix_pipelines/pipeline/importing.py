@@ -13,7 +13,14 @@ from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.adaptive import AdaptiveBatchSize
 from helix_pipelines.core.errors import is_statement_timeout, is_transient
-from helix_pipelines.core.parsing import Chunk, FileUnreadable, ParseOptions, open_source
+from helix_pipelines.core.parsing import (
+    Chunk,
+    FileUnreadable,
+    Pair,
+    ParseOptions,
+    RowError,
+    open_source,
+)
 from helix_pipelines.core.retry import RetryBudget, retrying
 from helix_pipelines.db import jobs
 from helix_pipelines.db.batches import Batch, BatchOutcome, commit_batch
@@ -157,19 +164,31 @@ class _BatchWriter:
 
 
 def _batches(chunks: Iterator[Chunk], sizer: AdaptiveBatchSize, after_row: int) -> Iterator[Batch]:
-    """Group the parser's chunks into batches of about `sizer.current` rows. Parsing runs in a
-    thread a few chunks ahead, so reading the file overlaps the database's work on a batch."""
-    pairs, errors, first = [], [], after_row + 1
-    last = after_row
+    """Cut the parser's chunks into batches of exactly `sizer.current` rows (read afresh for
+    each batch, so the adaptive size applies however large the parser's chunks are). Parsing
+    runs in a thread a few chunks ahead, so reading the file overlaps the database's work."""
+    rows: list[Pair | RowError] = []
+    start, first, last = 0, after_row + 1, after_row
     for chunk in _read_ahead(chunks):
-        pairs.extend(chunk.pairs)
-        errors.extend(chunk.errors)
-        last = chunk.last_source_row
-        if len(pairs) + len(errors) >= sizer.current:
-            yield Batch(pairs, errors, first, last)
-            pairs, errors, first = [], [], last + 1
+        rows = rows[start:] + sorted([*chunk.pairs, *chunk.errors], key=_source_row)
+        start, last = 0, chunk.last_source_row
+        while len(rows) - start >= sizer.current:
+            taken = rows[start : start + sizer.current]
+            start += len(taken)
+            yield _batch_of(taken, first, taken[-1].source_row)
+            first = taken[-1].source_row + 1
     if last >= first:
-        yield Batch(pairs, errors, first, last)
+        yield _batch_of(rows[start:], first, last)
+
+
+def _source_row(row: Pair | RowError) -> int:
+    return row.source_row
+
+
+def _batch_of(rows: list[Pair | RowError], first: int, last: int) -> Batch:
+    pairs = [r for r in rows if type(r) is Pair]
+    errors = [r for r in rows if type(r) is not Pair]
+    return Batch(pairs, errors, first, last)
 
 
 _DONE = object()
