@@ -52,3 +52,21 @@ def register(engine: sa.Engine, path: Path, **options) -> jobs.Job:
     )
     assert created
     return job
+
+
+def clean_import(engine: sa.Engine, path: Path, options) -> tuple[set, set, jobs.Job]:
+    """Import `path` undisturbed, capture its rows, then remove the job (pairs are deduplicated
+    across the knowledge base, so a second import of the same file must start from empty)."""
+    from helix_pipelines.pipeline.importing import import_file
+
+    empty_tables(engine)
+    job = register(engine, path)
+    report = import_file(engine, job.id, run_id="clean", options=options)
+    captured = pair_rows(engine, job.id), error_rows(engine, job.id), report.job
+    empty_tables(engine)
+    return captured
+
+
+def empty_tables(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE qa_pair, import_row_error, import_job CASCADE"))
