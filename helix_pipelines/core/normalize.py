@@ -7,6 +7,7 @@ these rules byte for byte, so they live in one place.
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 
 # C0 control characters except TAB and LF. CR is handled separately (line endings become LF).
@@ -18,7 +19,7 @@ CONTROL_BYTES = CONTROL_CHARS.encode("ascii")
 HASH_SEPARATOR = "\x1f"
 
 
-def clean_text(value: str, *, may_have_controls: bool = True) -> str:
+def clean_text(value: str, may_have_controls: bool = True) -> str:
     """Trim, turn CRLF/CR into LF and drop control characters (keeps TAB and LF).
 
     ``may_have_controls=False`` skips the control-character scan when the caller already knows
@@ -44,34 +45,86 @@ def has_undecodable_text(value: str) -> bool:
 
 
 def normalize_for_hash(value: str) -> str:
-    """NFKC, case-folded, every run of whitespace collapsed to one space, trimmed."""
-    if value.isascii():
-        return _collapse_ascii_whitespace(value.lower())
+    """The reference definition: NFKC, case-folded, every run of whitespace collapsed to one
+    space, trimmed. ``content_hash`` computes the same thing faster."""
     return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
 
 
-_ASCII_OTHER_WHITESPACE = ("\x0b", "\x0c", "\r", "\x1c", "\x1d", "\x1e", "\x1f")
-
-
-def _collapse_ascii_whitespace(value: str) -> str:
-    """Same result as ``" ".join(value.split())`` for ASCII text, several times faster on the
-    usual case (only spaces, TAB and LF) because it avoids building a list of words."""
-    if any(char in value for char in _ASCII_OTHER_WHITESPACE):
-        return " ".join(value.split())
-    if "\n" in value:
-        value = value.replace("\n", " ")
-    if "\t" in value:
-        value = value.replace("\t", " ")
-    while "  " in value:
-        value = value.replace("  ", " ")
-    return value.strip(" ")
-
-
 def content_hash(question: str, answer: str) -> str:
-    """Hex SHA-256 of the normalised question and answer joined by U+001F.
+    """Hex SHA-256 of ``normalize_for_hash(question) + "\x1f" + normalize_for_hash(answer)``,
+    UTF-8 encoded.
 
     Raises ``UnicodeEncodeError`` if either text holds lone surrogates (see
     ``has_undecodable_text``); callers validate first or treat that as invalid text.
     """
-    key = normalize_for_hash(question) + HASH_SEPARATOR + normalize_for_hash(answer)
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    key = hash_key(question) + HASH_SEPARATOR_BYTES + hash_key(answer)
+    return hashlib.sha256(key).hexdigest()
+
+
+HASH_SEPARATOR_BYTES = HASH_SEPARATOR.encode("ascii")
+_ASCII_BYTES = bytes(range(128))
+_SPACE_RUNS = re.compile(b"  +")
+
+
+def hash_key(value: str) -> bytes:
+    """``normalize_for_hash(value).encode("utf-8")``, several times faster on the usual text.
+
+    Case folding and whitespace collapsing run on the UTF-8 bytes, where ``bytes.lower`` and
+    ``bytes.replace`` are plain byte loops; case folding maps each character on its own, so the
+    few non-ASCII characters that fold to something else are replaced one by one (UTF-8 is
+    self-synchronising: a character's bytes never match across a character boundary).
+    """
+    if not value.isascii():
+        value = unicodedata.normalize("NFKC", value)
+    data = value.encode("utf-8").lower()  # lowers ASCII letters only
+    if not data.isascii():
+        non_ascii = data.translate(None, _ASCII_BYTES).decode("utf-8")
+        if _has_rare_unicode_whitespace(non_ascii):
+            return normalize_for_hash(value).encode("utf-8")
+        if non_ascii.casefold() != non_ascii:
+            data = _fold_non_ascii(data, non_ascii)
+    if _has_rare_ascii_whitespace(data):
+        return b" ".join(data.split())
+    return _collapse_spaces(data)
+
+
+def _fold_non_ascii(data: bytes, non_ascii: str) -> bytes:
+    for char in set(non_ascii):
+        folded = char.casefold()
+        if folded != char:
+            data = data.replace(char.encode("utf-8"), folded.encode("utf-8"))
+    return data
+
+
+def _has_rare_unicode_whitespace(non_ascii: str) -> bool:
+    """Whitespace to str.split() that NFKC leaves alone (it turns NBSP, ideographic and the
+    other fixed-width spaces into U+0020)."""
+    return (
+        "\x85" in non_ascii
+        or "\u1680" in non_ascii
+        or "\u2028" in non_ascii
+        or ("\u2029" in non_ascii)
+    )
+
+
+def _has_rare_ascii_whitespace(data: bytes) -> bool:
+    # One memchr each: an int operand is much cheaper than a bytes one, a generator or a regex.
+    return (
+        13 in data  # CR
+        or 11 in data  # VT
+        or 12 in data  # FF
+        or 28 in data
+        or 29 in data
+        or 30 in data
+        or 31 in data
+    )
+
+
+def _collapse_spaces(data: bytes) -> bytes:
+    if 10 in data:
+        data = data.replace(b"\n", b" ")
+    if 9 in data:
+        data = data.replace(b"\t", b" ")
+    if b"  " in data:
+        data = _SPACE_RUNS.sub(b" ", data)
+    return data.strip(b" ")

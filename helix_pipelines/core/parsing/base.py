@@ -92,16 +92,15 @@ class RowChecker:
         answer: str,
         category: str | None,
         raw: object,
-        *,
         may_have_controls: bool = True,
     ) -> Pair | RowError:
         """``raw`` is only turned into an excerpt when the row fails (``str()`` of it, or the
         result of calling it), so the happy path never formats it."""
-        question = clean_text(question, may_have_controls=may_have_controls)
-        answer = clean_text(answer, may_have_controls=may_have_controls)
+        question = clean_text(question, may_have_controls)
+        answer = clean_text(answer, may_have_controls)
         problem = self._problem(question, answer)
         if problem is None and category:
-            category = clean_text(category, may_have_controls=may_have_controls) or None
+            category = clean_text(category, may_have_controls) or None
             if category is not None and has_undecodable_text(category):
                 problem = (INVALID_TEXT, "category holds bytes that are not valid text")
         if problem is None:

@@ -122,28 +122,31 @@ class DelimitedSource(SourceFile):
 
     def _check(self, source_row: int, row: list[str]) -> Pair | RowError | int:
         plan = self.plan
-        if len(row) != self._width:
-            if not any(field.strip() for field in row):
-                return source_row
-            return RowError(
-                source_row,
-                MALFORMED_ROW,
-                f"the record has {len(row)} fields, the header has {self._width}",
-                raw_excerpt(self.delimiter.join(row)),
-            )
-        category = row[plan.category_index] if plan.category_index is not None else None
+        if len(row) != plan.width:
+            return self._wrong_width(source_row, row)
+        category_index = plan.category_index
         spy = self._control_spy
         result = self.checker.check(
             source_row,
             row[plan.question_index],
             row[plan.answer_index],
-            category,
+            row[category_index] if category_index is not None else None,
             lambda: self.delimiter.join(row),
-            may_have_controls=spy is None or spy.saw_control,
+            spy is None or spy.saw_control,
         )
-        if _blank_record(result, row):
+        if type(result) is RowError and _blank_record(result, row):
             return source_row  # a record such as ",,," with every field empty
         return result
+
+    def _wrong_width(self, source_row: int, row: list[str]) -> RowError | int:
+        if not any(field.strip() for field in row):
+            return source_row
+        return RowError(
+            source_row,
+            MALFORMED_ROW,
+            f"the record has {len(row)} fields, the header has {self.plan.width}",
+            raw_excerpt(self.delimiter.join(row)),
+        )
 
     def _skip_broken_record(self, source_row: int, exc: csv.Error) -> RowError:
         """After a csv error (a field over the size limit) drop the rest of that record: read
@@ -170,10 +173,6 @@ class DelimitedSource(SourceFile):
             message = f"the record cannot be parsed: {message}"
         return RowError(source_row, code, message, raw_excerpt(first_line))
 
-    @property
-    def _width(self) -> int:
-        return self.plan.width
-
     def close(self) -> None:
         if self._stream is not None:
             self._stream.close()
@@ -185,10 +184,8 @@ def _cut_line(lines: list[str]) -> bool:
     return bool(lines) and not lines[-1].endswith(("\n", "\r"))
 
 
-def _blank_record(result: Pair | RowError, row: list[str]) -> bool:
-    if type(result) is not RowError or result.error_code != MISSING_QUESTION:
-        return False
-    return not any(field.strip() for field in row)
+def _blank_record(error: RowError, row: list[str]) -> bool:
+    return error.error_code == MISSING_QUESTION and not any(field.strip() for field in row)
 
 
 def _first_nonblank(reader) -> list[str] | None:

@@ -1,0 +1,204 @@
+"""Benchmark of the CSV parsing path against pandas, and of its memory at two file sizes.
+
+    .venv/bin/python bench/parse.py [--rows 1000000] [--small-rows 10000]
+
+Writes a realistic CSV (questions of 40-200 characters, multi-line answers of 200-1500 with
+quotes and commas, a category) into a temporary directory, then prints:
+- rows/s of ``open_source(...).chunks()`` (all validation and hashing) and of
+  ``pandas.read_csv(chunksize=5000)`` on the same file, and their ratio (target >= 0.5);
+- peak RSS of parsing the small and the large file, each in a fresh child process, and their
+  ratio (target <= 1.25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPEED_TARGET = 0.5
+MEMORY_TARGET = 1.25
+CATEGORIES = ("ORDER", "REFUND", "ACCOUNT", "SHIPPING", "PAYMENT", "INVOICE", "CONTACT")
+# Mostly English support vocabulary with some accented words and a euro sign, as in a
+# European knowledge base (non-ASCII text takes the slower Unicode paths).
+WORDS = [
+    "the",
+    "order",
+    "account",
+    "refund",
+    "delivery",
+    "invoice",
+    "payment",
+    "card",
+    "address",
+    "password",
+    "email",
+    "customer",
+    "support",
+    "team",
+    "please",
+    "could",
+    "would",
+    "should",
+    "tracking",
+    "number",
+    "days",
+    "business",
+    "cancel",
+    "change",
+    "update",
+    "return",
+    "exchange",
+    "item",
+    "product",
+    "warranty",
+    "store",
+    "online",
+    "help",
+    "€",
+    "müssen",
+    "ça",
+    "déjà",
+    "naïve",
+    "garçon",
+    "señor",
+]
+POOL_SIZE = 4096
+
+
+def _sentence(rng: random.Random, words: int) -> str:
+    text = " ".join(rng.choice(WORDS) for _ in range(words))
+    return text[:1].upper() + text[1:]
+
+
+def _question(rng: random.Random) -> str:
+    target = rng.randint(40, 200)
+    text = _sentence(rng, target // 5)
+    return (text[: target - 1].rstrip() or "Why") + "?"
+
+
+def _answer(rng: random.Random) -> str:
+    target = rng.randint(200, 1500)
+    parts = []
+    while sum(map(len, parts)) < target:
+        sentence = _sentence(rng, rng.randint(6, 18))
+        if rng.random() < 0.3:
+            sentence += ', see "Order Details", then press "OK"'
+        parts.append(sentence + ".")
+        parts.append("\n" if rng.random() < 0.25 else " ")
+    return "".join(parts)[:target].strip()
+
+
+def write_csv(path: Path, rows: int, seed: int = 7) -> None:
+    """Rows are drawn from pools of generated texts (plus the row number, so every pair is
+    distinct): generating a million fresh texts would take longer than parsing them."""
+    rng = random.Random(seed)
+    questions = [_question(rng) for _ in range(POOL_SIZE)]
+    answers = [_answer(rng) for _ in range(POOL_SIZE)]
+    with path.open("w", encoding="utf-8", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["id", "question", "answer", "category"])
+        for number in range(1, rows + 1):
+            writer.writerow(
+                [
+                    number,
+                    f"{questions[rng.randrange(POOL_SIZE)]} (#{number})",
+                    answers[rng.randrange(POOL_SIZE)],
+                    CATEGORIES[number % len(CATEGORIES)],
+                ]
+            )
+
+
+def parse_with_helix(path: Path) -> int:
+    from helix_pipelines.core.parsing import open_source
+
+    rows = 0
+    with open_source(path) as source:
+        for chunk in source.chunks():
+            rows += len(chunk.pairs) + len(chunk.errors)
+    return rows
+
+
+def parse_with_pandas(path: Path) -> int:
+    import pandas
+
+    rows = 0
+    for frame in pandas.read_csv(path, chunksize=5000):
+        rows += len(frame)
+    return rows
+
+
+def timed(parse, path: Path) -> tuple[int, float]:
+    started = time.perf_counter()
+    rows = parse(path)
+    return rows, time.perf_counter() - started
+
+
+def peak_rss_mb(path: Path) -> float:
+    """Parse in a fresh interpreter; the child reports its own peak RSS (ru_maxrss, KiB)."""
+    result = subprocess.run(
+        [sys.executable, __file__, "--child-rss", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    return float(result.stdout.strip()) / 1024
+
+
+def child_rss(path: Path) -> None:
+    parse_with_helix(path)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--small-rows", type=int, default=10_000)
+    parser.add_argument("--child-rss", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_rss:
+        child_rss(args.child_rss)
+        return
+    sys.path.insert(0, str(REPO_ROOT))
+    with tempfile.TemporaryDirectory(prefix="helix-bench-") as tmp:
+        big, small = Path(tmp) / "big.csv", Path(tmp) / "small.csv"
+        started = time.perf_counter()
+        write_csv(big, args.rows)
+        write_csv(small, args.small_rows)
+        size_mb = big.stat().st_size / 1024**2
+        elapsed = time.perf_counter() - started
+        print(f"wrote {args.rows:,} rows ({size_mb:,.0f} MB) in {elapsed:.0f} s")
+        report(big, small, args)
+
+
+def report(big: Path, small: Path, args: argparse.Namespace) -> None:
+    helix_rows, helix_s = timed(parse_with_helix, big)
+    pandas_rows, pandas_s = timed(parse_with_pandas, big)
+    assert helix_rows == pandas_rows == args.rows, (helix_rows, pandas_rows)
+    helix_rate, pandas_rate = helix_rows / helix_s, pandas_rows / pandas_s
+    rss_small, rss_big = peak_rss_mb(small), peak_rss_mb(big)
+    speed_ratio, memory_ratio = helix_rate / pandas_rate, rss_big / rss_small
+    table = [
+        ("helix open_source().chunks()", f"{helix_rate:,.0f} rows/s", f"{helix_s:.1f} s"),
+        ("pandas read_csv(chunksize=5000)", f"{pandas_rate:,.0f} rows/s", f"{pandas_s:.1f} s"),
+        ("speed ratio helix/pandas", f"{speed_ratio:.2f}", f"target >= {SPEED_TARGET}"),
+        (f"peak RSS, {args.small_rows:,} rows", f"{rss_small:.1f} MB", ""),
+        (f"peak RSS, {args.rows:,} rows", f"{rss_big:.1f} MB", ""),
+        ("RSS ratio big/small", f"{memory_ratio:.2f}", f"target <= {MEMORY_TARGET}"),
+    ]
+    for label, value, extra in table:
+        print(f"{label:<34} {value:>18}  {extra}")
+    ok = speed_ratio >= SPEED_TARGET and memory_ratio <= MEMORY_TARGET
+    print("targets met" if ok else "TARGETS MISSED")
+
+
+if __name__ == "__main__":
+    main()
