@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -27,7 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("alembic", "httpx", "openai", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return int(args.handler(load_settings(), args) or 0)
+        settings = load_settings()
+        _use_metrics_dir(settings)
+        return int(args.handler(settings, args) or 0)
     except (CliError, SchemaMismatch) as exc:
         print(f"helix-pipelines: error: {exc}", file=sys.stderr)
         return 2
@@ -44,6 +47,8 @@ def _build_parser() -> argparse.ArgumentParser:
     dev = verbs.add_parser("dev", help="database, migrations, and the Dagster UI with its daemon")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--metrics-port", type=int, default=None, help="also serve Prometheus metrics")
+    dev.add_argument("--sample", action="store_true", help="drop the example file in the inbox")
     dev.set_defaults(handler=_cmd_dev)
 
     db = verbs.add_parser("db", help="database maintenance")
@@ -57,6 +62,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     commands.register(verbs, add_json_flag=_add_json_flag)
     return parser
+
+
+def _use_metrics_dir(settings: Settings) -> None:
+    """Counters from this process and the Dagster processes it starts add up in one place
+    (set before prometheus_client is first imported)."""
+    metrics_dir = settings.home / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
 
 
 def _add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +86,7 @@ def print_json(payload) -> None:
 def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines import runtime
     from helix_pipelines.db.embedded import EmbeddedPostgres
-    from helix_pipelines.devserver import run_dagster_dev
+    from helix_pipelines.devserver import drop_sample, run_dagster_dev
 
     embedded = None if settings.database_url else EmbeddedPostgres(settings.home)
     app = runtime.open_app(settings, migrate_schema=True)
@@ -82,7 +95,9 @@ def _cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
         log.info("returned %d stale import(s) to pending", recovered)
     log.info("database: %s", app.redacted_url)
     log.info("Dagster UI on http://%s:%d", args.host, args.port)
-    return run_dagster_dev(settings, args.host, args.port, embedded)
+    if args.sample:
+        drop_sample(settings)
+    return run_dagster_dev(settings, args.host, args.port, embedded, metrics_port=args.metrics_port)
 
 
 def _cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:

@@ -45,6 +45,11 @@ def register(verbs, *, add_json_flag) -> None:
     add_json_flag(search)
     search.set_defaults(handler=cmd_search)
 
+    metrics = verbs.add_parser("metrics", help="serve Prometheus metrics")
+    metrics.add_argument("--port", type=int, default=9464)
+    metrics.add_argument("--host", default="0.0.0.0")
+    metrics.set_defaults(handler=cmd_metrics)
+
 
 # -- import -------------------------------------------------------------------------------------
 
@@ -334,3 +339,15 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
 def _one_line(text: str, width: int = 160) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines import metrics, runtime
+    from helix_pipelines.embedding.wiring import setup_from_settings
+
+    app = runtime.open_app(settings)
+    breaker = setup_from_settings(settings).build_breaker(app.engine)
+    multiproc_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    print(f"serving Prometheus metrics on http://{args.host}:{args.port}/metrics", flush=True)
+    metrics.serve(args.port, multiproc_dir, app.engine, breaker.snapshot, host=args.host)
+    return 0

@@ -21,6 +21,7 @@ from helix_pipelines.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 30
+SAMPLE_FILE = REPO_ROOT / "examples" / "sample_faq.csv"
 
 
 def dagster_environment(settings: Settings) -> dict[str, str]:
@@ -33,10 +34,30 @@ def dagster_environment(settings: Settings) -> dict[str, str]:
     if not (dagster_home / "dagster.yaml").exists():
         shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     env["DAGSTER_HOME"] = str(dagster_home)
+    env["PROMETHEUS_MULTIPROC_DIR"] = os.environ.get(
+        "PROMETHEUS_MULTIPROC_DIR", str(settings.home / "metrics")
+    )
     return env
 
 
-def run_dagster_dev(settings: Settings, host: str, port: int, embedded: EmbeddedPostgres | None):
+def drop_sample(settings: Settings) -> Path:
+    """Put the example file in the inbox, so a newcomer sees an import happen."""
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    target = settings.inbox_dir / SAMPLE_FILE.name
+    shutil.copyfile(SAMPLE_FILE, target.with_suffix(".part"))
+    os.replace(target.with_suffix(".part"), target)  # the inbox's write-then-rename convention
+    return target
+
+
+def run_dagster_dev(
+    settings: Settings,
+    host: str,
+    port: int,
+    embedded: EmbeddedPostgres | None,
+    *,
+    metrics_port: int | None = None,
+):
+    env = dagster_environment(settings)
     command = [
         sys.executable, "-m", "dagster", "dev",
         "-m", "helix_pipelines.definitions",
@@ -44,29 +65,43 @@ def run_dagster_dev(settings: Settings, host: str, port: int, embedded: Embedded
     ]  # fmt: skip
     process = subprocess.Popen(
         command,
-        env=dagster_environment(settings),
+        env=env,
         cwd=str(REPO_ROOT),
         start_new_session=True,  # one process group to stop, whatever it spawns
         # A script started in the background inherits an ignored SIGINT, and dagster dev then
         # ignores SIGTERM too: give it the default handlers back.
         preexec_fn=_default_signal_handlers,
     )
+    children = [process]
+    if metrics_port is not None:
+        children.append(_start_metrics_server(env, metrics_port))
     stopping = {"requested": False}
 
     def _stop(signum, _frame):
         stopping["requested"] = True
-        _terminate_group(process)
+        for child in children:
+            _terminate_group(child)
 
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = process.wait()
     finally:
-        _terminate_group(process)
+        for child in children:
+            _terminate_group(child)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if embedded is not None:
             embedded.release(stop_when_unused=True)
     return 0 if stopping["requested"] else code
+
+
+def _start_metrics_server(env: dict[str, str], port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "helix_pipelines.cli", "metrics", "--port", str(port)],
+        env=env,
+        start_new_session=True,
+        preexec_fn=_default_signal_handlers,
+    )
 
 
 def _default_signal_handlers() -> None:

@@ -16,6 +16,7 @@ from dagster import (
     asset,
 )
 
+from helix_pipelines import metrics
 from helix_pipelines.db import jobs
 from helix_pipelines.db.embeddings import coverage
 from helix_pipelines.defs.partitions import import_files
@@ -58,12 +59,14 @@ def qa_pairs(
             job.id,
             run_id=context.run_id,
             options=import_settings.import_options(job.options),
+            on_batch=metrics.record_batch,
         )
     except jobs.JobBusy as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
     except Exception as exc:
         _note_error(engine, job.id, exc)
         raise
+    _count_rows(job, report.job)
     if report.job.status == "failed":
         raise Failure(description=report.job.last_error, allow_retries=False)
     return MaterializeResult(metadata=import_metadata(report))
@@ -89,6 +92,14 @@ def import_metadata(report: ImportReport) -> dict:
         "rows_per_s": MetadataValue.float(round(report.rows_per_s, 1)),
         "columns": MetadataValue.json(summary.get("columns") or {}),
     }
+
+
+def _count_rows(before: jobs.Job, after: jobs.Job) -> None:
+    metrics.record_rows(
+        pairs=after.pairs_created - before.pairs_created,
+        duplicates=after.duplicates_skipped - before.duplicates_skipped,
+        errors=after.row_errors - before.row_errors,
+    )
 
 
 def _note_error(engine, job_id, exc: BaseException) -> None:
@@ -157,6 +168,7 @@ def qa_embeddings(
             breaker=breaker,
             options=setup.options(),
             job_id=job.id,
+            observer=metrics.PrometheusEmbedObserver(),
         )
     except ProviderConfigError as exc:
         raise Failure(description=exc.message, allow_retries=False) from exc
