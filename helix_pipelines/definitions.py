@@ -4,6 +4,7 @@ from dagster import Definitions, EnvVar
 
 from helix_pipelines.defs.assets import qa_embeddings, qa_pairs
 from helix_pipelines.defs.jobs import embed_job, import_job
+from helix_pipelines.defs.ops import embed_pending_job, recover_stale_imports, rollback_import
 from helix_pipelines.defs.resources import (
     DatabaseResource,
     EmbeddingResource,
@@ -21,7 +22,7 @@ from helix_pipelines.settings import Settings, load_settings
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
         assets=[qa_pairs, qa_embeddings],
-        jobs=[import_job, embed_job],
+        jobs=[import_job, embed_job, recover_stale_imports, embed_pending_job, rollback_import],
         sensors=[
             inbox_sensor,
             stale_imports_sensor,
