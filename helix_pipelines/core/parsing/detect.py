@@ -196,6 +196,8 @@ def _guess_legacy(sample: bytes) -> str | None:
     if best is None:
         return None
     encoding = _PREFERRED.get(best.encoding, best.encoding)
+    if _LATIN_DEFAULT in best.could_be_from_charset:  # decodes the sample to the same text
+        encoding = _LATIN_DEFAULT
     for match in matches:
         ties = match.chaos <= best.chaos + 0.001 and match.coherence >= best.coherence - 0.001
         if match.encoding == _LATIN_DEFAULT and ties:

@@ -35,7 +35,7 @@ _LONE_SURROGATES = re.compile("[\ud800-\udfff]")
 _JSON_ERRORS = (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError)
 
 
-class _Utf8Transcoder(io.RawIOBase):
+class _Utf8Transcoder:
     """Feeds ijson UTF-8 bytes whatever the file's encoding. Undecodable bytes become U+FFFD
     (yajl would reject the whole document) and ``had_bad_bytes`` is set, so the records holding
     U+FFFD are reported as invalid_text."""
@@ -44,11 +44,10 @@ class _Utf8Transcoder(io.RawIOBase):
         self._text = text
         self.had_bad_bytes = False
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1) -> bytes:
-        chunk = self._text.read(size if size and size > 0 else -1)
+        if size == 0:  # ijson probes with read(0) to learn whether it gets bytes
+            return b""
+        chunk = self._text.read(size if size is not None and size > 0 else -1)
         try:
             return chunk.encode("utf-8")
         except UnicodeEncodeError:
@@ -57,7 +56,6 @@ class _Utf8Transcoder(io.RawIOBase):
 
     def close(self) -> None:
         self._text.close()
-        super().close()
 
 
 class JsonSource(SourceFile):
