@@ -156,8 +156,15 @@ def _failure_message(context: RunFailureSensorContext) -> str:
     for event in context.get_step_failure_events():
         error = event.step_failure_data.error if event.step_failure_data else None
         if error is not None:
-            return f"{event.step_key}: {error.message.strip()}"[:2000]
+            return f"{event.step_key}: {_root_cause(error).message.strip()}"[:2000]
     return (context.failure_event.message or "the run failed")[:2000]
+
+
+def _root_cause(error):
+    """The error a step raised, not Dagster's "Error occurred while executing op" wrapper."""
+    while error.cause is not None:
+        error = error.cause
+    return error
 
 
 @sensor(
