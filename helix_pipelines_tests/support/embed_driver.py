@@ -50,6 +50,21 @@ class FakeClock:
             self.now_s += max(seconds, 0.0)
 
 
+class ScaledClock:
+    """Wall-clock-like time running `speed` times faster than real time, shared by the limiter
+    and the fake server, so that 60 s rate windows pass in a few real seconds."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self._start = time.time()
+
+    def __call__(self) -> float:
+        return self._start + (time.time() - self._start) * self.speed
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(seconds, 0.0) / self.speed)
+
+
 def openai_setup(base_url: str, api_key: str, dim: int, **overrides) -> EmbeddingSetup:
     values = dict(
         provider="openai", model=MODEL, dim=dim, api_key=api_key, base_url=base_url,
@@ -66,7 +81,7 @@ class Embedder:
 
     engine: sa.Engine
     setup: EmbeddingSetup
-    clock: FakeClock | None = None
+    clock: FakeClock | ScaledClock | None = None
 
     def limiter(self) -> RateLimiter:
         limits = RateLimits(self.setup.rpm, self.setup.tpm)
