@@ -83,8 +83,8 @@ def hash_key(value: str) -> bytes:
             return normalize_for_hash(value).encode("utf-8")
         if non_ascii.casefold() != non_ascii:
             data = _fold_non_ascii(data, non_ascii)
-    if _has_rare_ascii_whitespace(data):
-        return b" ".join(data.split())
+    if _has_rare_ascii_whitespace(data):  # bytes.split() does not know \x1c-\x1f
+        return normalize_for_hash(value).encode("utf-8")
     return _collapse_spaces(data)
 
 

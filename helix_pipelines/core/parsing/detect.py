@@ -198,13 +198,20 @@ def _guess_legacy(sample: bytes) -> str | None:
     encoding = _PREFERRED.get(best.encoding, best.encoding)
     if _LATIN_DEFAULT in best.could_be_from_charset:  # decodes the sample to the same text
         encoding = _LATIN_DEFAULT
-    for match in matches:
-        ties = match.chaos <= best.chaos + 0.001 and match.coherence >= best.coherence - 0.001
-        if match.encoding == _LATIN_DEFAULT and ties:
-            encoding = _LATIN_DEFAULT
+    if _single_byte(best.encoding):
+        for match in matches:
+            close = match.chaos <= best.chaos + 0.2 and match.coherence >= best.coherence - 0.05
+            if match.encoding == _LATIN_DEFAULT and close:
+                encoding = _LATIN_DEFAULT
     if encoding == _LATIN_DEFAULT and not _decodes(sample, _LATIN_DEFAULT):
         encoding = "latin-1"  # bytes cp1252 leaves undefined (0x81, 0x8D, ...)
     return encoding
+
+
+def _single_byte(encoding: str) -> bool:
+    """Single-byte Latin code pages, among which the detector's pick on short Western text is
+    close to a coin toss (cp1257 for French, cp1250 for German)."""
+    return encoding.startswith(("cp12", "cp8", "cp7", "iso8859", "mac_", "latin", "hp_roman"))
 
 
 def _decodes(sample: bytes, encoding: str) -> bool:
@@ -250,6 +257,8 @@ def _object_stream_format(text: str, extension: str) -> str:
         return "jsonl" if extension in _JSONL_EXTENSIONS else "json"
     if extension in _JSONL_EXTENSIONS or rest.strip():
         return "jsonl"
+    if extension == ".json":
+        return "json"
     holds_array = isinstance(record, dict) and any(
         isinstance(value, list) for value in record.values()
     )

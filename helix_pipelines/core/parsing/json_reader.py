@@ -66,8 +66,7 @@ class JsonSource(SourceFile):
         self.encoding = sniffed.encoding or "utf-8"
         self._streams: list[_Utf8Transcoder] = []
         self.prefix = self._find_records()
-        sample = list(itertools.islice(self._items(), PLAN_SAMPLE_RECORDS))
-        self.close()
+        sample = self._sample_records()
         keys = keys_of(sample)
         if sample and not keys:
             raise self.unreadable("the JSON array holds no objects (records must be objects)")
@@ -97,6 +96,19 @@ class JsonSource(SourceFile):
             ignored_columns=list(ignored),
             notes=list(plan_notes),
         )
+
+    def _sample_records(self) -> list[object]:
+        """The first records, to choose the columns. A document damaged further on still gets
+        its header from what could be read; the damage is reported by chunks()."""
+        sample: list[object] = []
+        try:
+            sample.extend(itertools.islice(self._items(), PLAN_SAMPLE_RECORDS))
+        except _JSON_ERRORS as exc:
+            if not sample:
+                raise self.unreadable(f"not valid JSON ({_short(exc)})") from exc
+        finally:
+            self.close()
+        return sample
 
     def _open(self) -> _Utf8Transcoder:
         text = io.TextIOWrapper(self.path.open("rb"), encoding=self.encoding, errors=DECODE_ERRORS)

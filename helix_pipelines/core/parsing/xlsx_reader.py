@@ -138,7 +138,7 @@ class WorkbookSource(SourceFile):
         self, source_row: int, values: tuple, needed: int, category_index: int | None
     ) -> Pair | RowError | int:
         if len(values) < needed:
-            values = values + (None,) * (needed - len(values))
+            values = (*values, *(None,) * (needed - len(values)))
         question = _cell_text(values[self.plan.question_index])
         answer = _cell_text(values[self.plan.answer_index])
         if not question.strip() and not answer.strip() and not any(map(_cell_text, values)):
