@@ -37,8 +37,23 @@ def database_url_for_display(settings: Settings) -> str:
 
 
 def recover_on_start(app: App) -> int:
-    """Return stale imports to pending before the daemon starts (filled in by the import work)."""
-    return 0
+    """Return stale imports to pending before the daemon starts; its sensor then re-runs them."""
+    import os
+
+    from dagster import DagsterInstance
+
+    from helix_pipelines.defs.runs import run_is_alive
+    from helix_pipelines.devserver import dagster_environment
+    from helix_pipelines.pipeline.recovery import recover_stale
+
+    os.environ["DAGSTER_HOME"] = dagster_environment(app.settings)["DAGSTER_HOME"]
+    with DagsterInstance.get() as instance:
+        recovered = recover_stale(
+            app.engine,
+            stale_after_s=app.settings.stale_after_s,
+            run_is_alive=lambda run_id: run_is_alive(instance, run_id),
+        )
+    return len(recovered)
 
 
 def _secret_url(settings: Settings) -> str | None:
