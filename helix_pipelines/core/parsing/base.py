@@ -98,7 +98,15 @@ class RowChecker:
         result of calling it), so the happy path never formats it."""
         question = clean_text(question, may_have_controls)
         answer = clean_text(answer, may_have_controls)
-        problem = self._problem(question, answer)
+        if (
+            question
+            and answer
+            and len(question) <= self.max_question
+            and (len(answer) <= self.max_answer)
+        ):
+            problem = None  # the usual case, without a call
+        else:
+            problem = self._problem(question, answer)
         if problem is None and category:
             category = clean_text(category, may_have_controls) or None
             if category is not None and has_undecodable_text(category):

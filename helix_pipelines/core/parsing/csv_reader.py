@@ -47,6 +47,11 @@ class DelimitedSource(SourceFile):
         self._control_spy: _ControlSpy | None = None
         self.line_limit = max(4 * options.max_field_chars, 1024**2)
         self.plan = self._read_plan()
+        self._width = self.plan.width
+        self._question_index = self.plan.question_index
+        self._answer_index = self.plan.answer_index
+        self._category_index = self.plan.category_index
+        self._check_texts = self.checker.check
         self.summary = ParseSummary(
             file_format="tsv" if self.delimiter == "\t" else "csv",
             encoding=self.encoding,
@@ -121,16 +126,15 @@ class DelimitedSource(SourceFile):
                     yield error
 
     def _check(self, source_row: int, row: list[str]) -> Pair | RowError | int:
-        plan = self.plan
-        if len(row) != plan.width:
+        """Runs once per record: column positions are plain attributes, not lookups."""
+        if len(row) != self._width:
             return self._wrong_width(source_row, row)
-        category_index = plan.category_index
         spy = self._control_spy
-        result = self.checker.check(
+        result = self._check_texts(
             source_row,
-            row[plan.question_index],
-            row[plan.answer_index],
-            row[category_index] if category_index is not None else None,
+            row[self._question_index],
+            row[self._answer_index],
+            row[self._category_index] if self._category_index is not None else None,
             lambda: self.delimiter.join(row),
             spy is None or spy.saw_control,
         )
