@@ -3,18 +3,15 @@
 from dagster import define_asset_job
 
 from helix_pipelines.defs.assets import qa_embeddings, qa_pairs
-from helix_pipelines.defs.partitions import import_files
 
 import_job = define_asset_job(
     "import_job",
     selection=[qa_pairs, qa_embeddings],
-    partitions_def=import_files,
     description="Import one file (qa_pairs) and embed its pairs (qa_embeddings).",
 )
 
 embed_job = define_asset_job(
     "embed_job",
     selection=[qa_embeddings],
-    partitions_def=import_files,
     description="Embed the pending pairs of one import.",
 )
