@@ -198,7 +198,9 @@ def _guess_legacy(sample: bytes) -> str | None:
     encoding = _PREFERRED.get(best.encoding, best.encoding)
     if _LATIN_DEFAULT in best.could_be_from_charset:  # decodes the sample to the same text
         encoding = _LATIN_DEFAULT
-    if _single_byte(best.encoding):
+    if _rare_latin(best.encoding) and _decodes(sample, _LATIN_DEFAULT):
+        encoding = _LATIN_DEFAULT
+    elif _single_byte(best.encoding):
         for match in matches:
             close = match.chaos <= best.chaos + 0.2 and match.coherence >= best.coherence - 0.05
             if match.encoding == _LATIN_DEFAULT and close:
@@ -212,6 +214,17 @@ def _single_byte(encoding: str) -> bool:
     """Single-byte Latin code pages, among which the detector's pick on short Western text is
     close to a coin toss (cp1257 for French, cp1250 for German)."""
     return encoding.startswith(("cp12", "cp8", "cp7", "iso8859", "mac_", "latin", "hp_roman"))
+
+
+def _rare_latin(encoding: str) -> bool:
+    """Code pages the detector sometimes prefers for short Western text but that are rare in
+    practice (Mac, DOS, Baltic, Nordic): cp1252 is the far likelier source."""
+    return encoding.startswith(
+        ("mac_", "cp437", "cp775", "cp85", "cp86", "hp_roman8", "cp1257")
+    ) or (
+        encoding
+        in {"iso8859_4", "iso8859_10", "iso8859_13", "iso8859_14", "iso8859_15", "iso8859_16"}
+    )
 
 
 def _decodes(sample: bytes, encoding: str) -> bool:
