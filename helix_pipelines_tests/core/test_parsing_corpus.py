@@ -350,6 +350,17 @@ def test_jsonl_content_with_a_csv_extension_is_read_as_jsonl(tmp_path):
     assert len(parsed.pairs) == 2
 
 
+def test_chunks_can_be_read_twice_with_fresh_counts(tmp_path):
+    path = simple(tmp_path, "question,answer\nq1,a1\n,a2\nq3,a3\n")
+    with open_source(path, ParseOptions(chunk_rows=2)) as source:
+        first = list(source.chunks())
+        second = list(source.chunks())
+        assert first == second
+        assert [chunk.last_source_row for chunk in first] == [2, 3]
+        assert (source.summary.rows_seen, source.summary.pairs) == (3, 2)
+        assert source.summary.errors_by_code == {"missing_question": 1}
+
+
 def test_summary_is_json_serialisable(tmp_path):
     import json
 

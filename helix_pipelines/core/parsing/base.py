@@ -192,6 +192,13 @@ class SourceFile:
         self.checker = RowChecker(options)
 
     def chunks(self, start_after_row: int = 0) -> Iterator[Chunk]:
+        """Stream the records after ``start_after_row`` in Chunks of ``chunk_rows`` records.
+
+        Each call reads the file afresh and restarts the summary counts. No chunk is yielded
+        for a file without data records. May raise FileUnreadable for damage found mid-file.
+        """
+        self.summary.rows_seen = self.summary.pairs = 0
+        self.summary.errors_by_code = {}
         builder = ChunkBuilder(self.summary, self.options.chunk_rows)
         for row in self._rows(start_after_row):
             if type(row) is int:
