@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from helix_pipelines.core.batching import EmbedItem, plan_batches, prepare_items
 from helix_pipelines.core.circuit_breaker import CircuitBreaker, CircuitOpenError
 from helix_pipelines.core.errors import is_transient
-from helix_pipelines.core.rate_limit import RateLimiter
+from helix_pipelines.core.rate_limit import RateLimiter, RateLimitTimeout
 from helix_pipelines.core.retry import RetryBudget, retrying
 from helix_pipelines.db import embeddings as store
 from helix_pipelines.embedding.base import (
@@ -163,6 +163,12 @@ class _ChunkEmbedder:
             self._halt("the circuit breaker is open: the embeddings API looks down")
             with self._lock:
                 self.report.circuit_open = True
+            return ChunkOutcome()
+        except RateLimitTimeout:
+            # Our own limiter held the batch past its deadline: nothing was sent and nothing is
+            # wrong with the pairs, so they stay pending without an attempt (a rate limit must
+            # never fail a pair); a later run picks them up.
+            self._halt("rate limit: the limiter's next grant lies past the batch deadline")
             return ChunkOutcome()
         except ProviderConfigError:
             self._halt("the provider refused the configuration")

@@ -138,3 +138,17 @@ def test_all_faults_mixed_at_a_quarter_of_requests(engine, fake_openai):
     assert mismatched_vectors(stored, DIM) == []
     assert report.retries > 0
     assert len(set(fake_openai.stats.by_outcome) & set(faults)) >= 8
+
+
+def test_a_limiter_wait_past_the_deadline_leaves_pairs_pending_without_an_attempt(
+    engine, fake_openai
+):
+    job_id, _ = insert_job(engine, sample_pairs(6))
+    embedder = make_embedder(engine, fake_openai)
+    embedder.limiter().pause_for(3600)  # e.g. another run was told retry-after: 1 h
+
+    report = embedder.run(job_id, retry=FAST_RETRY, batch_deadline_s=5.0)
+
+    assert report.pending == 6 and "rate limit" in report.stopped_reason
+    assert {(p.status, p.attempts) for p in stored_pairs(engine, job_id)} == {("pending", 0)}
+    assert fake_openai.stats.requests == 0
