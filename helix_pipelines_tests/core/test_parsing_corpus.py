@@ -204,6 +204,12 @@ def test_mapped_column_absent_is_unreadable(tmp_path):
         open_source(path, ParseOptions(column_mapping={"answer": "Antwort"}))
 
 
+def test_unknown_role_in_mapping_is_unreadable(tmp_path):
+    path = simple(tmp_path, "question,answer\nq,a\n")
+    with pytest.raises(FileUnreadable, match=r"unknown roles \['questions'\]"):
+        open_source(path, ParseOptions(column_mapping={"questions": "question"}))
+
+
 def test_missing_answer_column_is_unreadable(tmp_path):
     path = simple(tmp_path, "question,notes\nq,n\n")
     with pytest.raises(FileUnreadable, match=r"faq\.csv: no answer column .*'notes'"):

@@ -58,7 +58,12 @@ def plan_columns(header: Sequence[object], mapping: Mapping[str, str] | None = N
     mapping = dict(mapping or {})
     unknown_roles = set(mapping) - set(ROLE_ALIASES)
     if unknown_roles:
-        raise ValueError(f"column_mapping has unknown roles: {sorted(unknown_roles)}")
+        # Reported like a header problem: the mapping comes from the import's options, and the
+        # job should fail with a clear message rather than a crash.
+        raise HeaderProblem(
+            f"column_mapping has unknown roles {sorted(unknown_roles)} "
+            f"(expected {', '.join(ROLE_ALIASES)})"
+        )
 
     indexes: dict[str, int] = {}
     notes: list[str] = []
