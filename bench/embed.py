@@ -1,0 +1,190 @@
+"""Embedding throughput: (a) under enforced rate limits, (b) raw, against the bare openai client.
+
+    .venv/bin/python bench/embed.py [--dim 256] [--windows 2] [--raw-inputs 8000] [--drop-hnsw]
+
+Starts its own embedded PostgreSQL in a temporary directory and a fake OpenAI server in this
+process, and stops both.
+
+(a) The server adds 50 ms a request and enforces 600 requests and 2,000,000 tokens a minute; the
+    pipeline is configured at 0.97 of both. The workload is `windows` full windows of the
+    configured request budget plus one batch, so the run ends just after the limiter's window
+    has rolled over `windows` times: inputs of the full windows / elapsed time is the sustained
+    rate. Ceiling: min(RPM x batch, TPM / tokens per input) with the server's limits.
+(b) No limits, no latency: embed_pending end to end (claim, API call, decode, database write)
+    in embeddings/s, against the bare client's rate (embeddings.create with its default
+    encoding, vectors materialised as a numpy array) on the same texts, batch size and server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openai
+import sqlalchemy as sa
+
+from helix_pipelines.core.circuit_breaker import CircuitBreaker
+from helix_pipelines.core.rate_limit import RateLimiter, RateLimits
+from helix_pipelines.db import migrate
+from helix_pipelines.db.embedded import EmbeddedPostgres
+from helix_pipelines.db.engine import create_app_engine, ensure_database
+from helix_pipelines.db.state_store import PostgresStateStore
+from helix_pipelines.embedding.base import embedding_text
+from helix_pipelines.embedding.openai_provider import OpenAIProvider
+from helix_pipelines.pipeline.embedding import EmbedOptions, embed_pending
+from helix_pipelines_tests.support.fake_openai import FakeOpenAI, running_fake_openai
+
+MODEL = "text-embedding-3-small"
+SERVER_RPM, SERVER_TPM, CONFIGURED_SHARE = 600, 2_000_000, 0.97
+LIMITED_BATCH, LIMITED_CONCURRENCY, LATENCY_S = 64, 4, 0.05
+RAW_BATCH, RAW_CONCURRENCY = 256, 4
+UNLIMITED = {"rpm": 10**9, "tpm": 10**12}
+
+
+@dataclass
+class Row:
+    measure: str
+    value: float
+    reference: float
+    unit: str
+    target: float
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.reference
+
+    def line(self) -> str:
+        verdict = "ok" if self.ratio >= self.target else "MISSED"
+        return (
+            f"{self.measure:<34} {self.value:>12,.0f} {self.reference:>12,.0f} {self.unit:<11} "
+            f"{self.ratio:>6.3f} >= {self.target:.2f} {verdict}"
+        )
+
+
+def texts(count: int, tag: str) -> list[tuple[str, str]]:
+    return [
+        (f"{tag} question {i}: where is order {i * 7919}?", f"answer {i}.") for i in range(count)
+    ]
+
+
+def reset(engine: sa.Engine, pairs: list[tuple[str, str]]) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE qa_pair, import_job, pipeline_state CASCADE"))
+        job = conn.scalar(
+            sa.text(
+                "INSERT INTO import_job (partition_key, source_name, status) "
+                "VALUES ('bench', 'bench', 'completed') RETURNING id"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO qa_pair (import_job_id, source_row, question, answer, content_hash) "
+                "SELECT :job, r, q, a, md5(q || a) "
+                "FROM unnest(CAST(:qs AS text[]), CAST(:as AS text[])) "
+                "WITH ORDINALITY AS t(q, a, r)"
+            ),
+            {"job": job, "qs": [q for q, _ in pairs], "as": [a for _, a in pairs]},
+        )
+
+
+def run_pipeline(engine, fake: FakeOpenAI, dim: int, rpm: int, tpm: int, options: EmbedOptions):
+    store = PostgresStateStore(engine)
+    provider = OpenAIProvider(
+        api_key=fake.api_key, base_url=fake.base_url, model=MODEL, dim=dim, timeout_s=30
+    )
+    try:
+        started = time.perf_counter()
+        report = embed_pending(
+            engine, provider, limiter=RateLimiter(RateLimits(rpm, tpm), store),
+            breaker=CircuitBreaker(store), options=options,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - started
+    finally:
+        provider.close()
+    assert report.pending == 0 and report.failed == 0, report
+    return report, elapsed
+
+
+def limited(engine, dim: int, windows: int) -> Row:
+    rpm, tpm = int(SERVER_RPM * CONFIGURED_SHARE), int(SERVER_TPM * CONFIGURED_SHARE)
+    measured = windows * rpm * LIMITED_BATCH
+    pairs = texts(measured + LIMITED_BATCH, "limited")
+    reset(engine, pairs)
+    tokens_per_input = np.mean([FakeOpenAI.tokens_for(embedding_text(q, a)) for q, a in pairs])
+    ceiling = min(SERVER_RPM * LIMITED_BATCH, SERVER_TPM / tokens_per_input)
+    options = EmbedOptions(batch_size=LIMITED_BATCH, max_concurrency=LIMITED_CONCURRENCY)
+    with running_fake_openai(
+        default_dim=dim, latency_s=LATENCY_S, rpm=SERVER_RPM, tpm=SERVER_TPM
+    ) as fake:
+        _, elapsed = run_pipeline(engine, fake, dim, rpm, tpm, options)
+        violations = fake.stats.violations
+    print(f"(a) {len(pairs)} inputs in {elapsed:.1f}s, server violations: {violations}")
+    assert violations == 0, f"{violations} requests over the server's limit"
+    return Row("(a) inputs/min under limits", measured / elapsed * 60, ceiling, "vs ceiling", 0.9)
+
+
+def bare_client_rate(fake: FakeOpenAI, dim: int, pairs: list[tuple[str, str]]) -> float:
+    client = openai.OpenAI(api_key=fake.api_key, base_url=fake.base_url, max_retries=0)
+    inputs = [embedding_text(q, a) for q, a in pairs]
+    started = time.perf_counter()
+    for start in range(0, len(inputs), RAW_BATCH):
+        response = client.embeddings.create(
+            input=inputs[start : start + RAW_BATCH], model=MODEL, dimensions=dim
+        )
+        vectors = np.asarray([item.embedding for item in response.data], dtype=np.float32)
+        assert vectors.shape[1] == dim
+    rate = len(inputs) / (time.perf_counter() - started)
+    client.close()
+    return rate
+
+
+def raw(engine, dim: int, count: int) -> Row:
+    pairs = texts(count, "raw")
+    options = EmbedOptions(batch_size=RAW_BATCH, max_concurrency=RAW_CONCURRENCY)
+    with running_fake_openai(default_dim=dim, **UNLIMITED) as fake:
+        bare_client_rate(fake, dim, pairs)  # warm the server's vector cache and connections
+        bare = bare_client_rate(fake, dim, pairs)
+        reset(engine, pairs)
+        _, elapsed = run_pipeline(engine, fake, dim, UNLIMITED["rpm"], UNLIMITED["tpm"], options)
+    print(f"(b) {count} inputs end to end in {elapsed:.2f}s; bare client {bare:,.0f}/s")
+    return Row("(b) embeddings/s end to end", count / elapsed, bare, "vs bare", 0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--windows", type=int, default=2, help="limiter windows to measure (a)")
+    parser.add_argument("--raw-inputs", type=int, default=8000, help="inputs for (b), <= 8192")
+    parser.add_argument("--skip-limited", action="store_true")
+    parser.add_argument(
+        "--drop-hnsw", action="store_true", help="drop the HNSW index: time the vector write alone"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hxb") as home:
+        server = EmbeddedPostgres(Path(home))
+        server.acquire()
+        try:
+            ensure_database(server.url("postgres"), "bench")
+            engine = create_app_engine(server.url("bench"))
+            migrate.upgrade(engine, args.dim)
+            if args.drop_hnsw:
+                with engine.begin() as conn:
+                    conn.execute(sa.text("DROP INDEX ix_qa_pair_embedding_hnsw"))
+            rows = [raw(engine, args.dim, args.raw_inputs)]
+            if not args.skip_limited:
+                rows.insert(0, limited(engine, args.dim, args.windows))
+            engine.dispose()
+        finally:
+            server.stop()
+    print(f"\ndim {args.dim}, HNSW index {'dropped' if args.drop_hnsw else 'kept (as deployed)'}")
+    print(f"{'measure':<34} {'achieved':>12} {'reference':>12} {'':<11} {'ratio':>6}")
+    for row in rows:
+        print(row.line())
+
+
+if __name__ == "__main__":
+    main()
