@@ -1,8 +1,8 @@
 """Three imports embedding at once share the deployment-wide limiter in PostgreSQL: the server,
 enforcing R requests per minute, never sees one request over its limit.
 
-The limiter and the server run on one clock going 20 times faster than real time, so the 60 s
-windows pass in three real seconds."""
+The limiter and the server run on one clock going 10 times faster than real time, so the 60 s
+windows pass in six real seconds."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ PAIRS_PER_JOB = 26  # 78 one-input requests: more than one window's worth
 
 
 def test_three_runs_at_once_never_exceed_the_servers_rpm(engine):
-    clock = ScaledClock(speed=20)
+    clock = ScaledClock(speed=10)
     jobs = [insert_job(engine, sample_pairs(PAIRS_PER_JOB, tag=f"job{n} "))[0] for n in range(3)]
     with running_fake_openai(default_dim=DIM, clock=clock) as fake:
         fake.set_limits(rpm=SERVER_RPM)
