@@ -1,5 +1,7 @@
 """The one composition root: reads the environment and wires the Dagster definitions."""
 
+from dataclasses import asdict
+
 from dagster import Definitions, EnvVar
 
 from helix_pipelines.defs.assets import qa_embeddings, qa_pairs
@@ -16,6 +18,7 @@ from helix_pipelines.defs.sensors import (
     pending_embeddings_sensor,
     stale_imports_sensor,
 )
+from helix_pipelines.embedding.wiring import setup_from_settings
 from helix_pipelines.settings import Settings, load_settings
 
 
@@ -50,21 +53,10 @@ def build_resources(settings: Settings) -> dict:
 
 
 def _embedding_resource(settings: Settings) -> EmbeddingResource:
-    return EmbeddingResource(
-        provider=settings.embedding_provider,
-        model=settings.embedding_model,
-        dim=settings.embedding_dim,
-        api_key=EnvVar("OPENAI_API_KEY") if settings.openai_api_key else None,
-        base_url=settings.openai_base_url,
-        rpm=settings.embed_rpm,
-        tpm=settings.embed_tpm,
-        max_concurrency=settings.embed_max_concurrency,
-        batch_size=settings.embed_batch_size,
-        timeout_s=settings.embed_timeout_s,
-        max_attempts=settings.embed_max_attempts,
-        truncate=settings.embed_truncate_long_inputs,
-        coverage_error_threshold=settings.coverage_error_threshold,
-    )
+    values = asdict(setup_from_settings(settings))
+    # EnvVar: the UI and run configs show the variable's name, never the key.
+    values["api_key"] = EnvVar("OPENAI_API_KEY") if settings.openai_api_key else None
+    return EmbeddingResource(**values, coverage_error_threshold=settings.coverage_error_threshold)
 
 
 def _database_resource(settings: Settings) -> DatabaseResource:

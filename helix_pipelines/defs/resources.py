@@ -1,5 +1,6 @@
 """Small Dagster resources; the composition root (definitions.py) fills them from the settings."""
 
+from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -78,10 +79,8 @@ class EmbeddingResource(ConfigurableResource):
     truncate: bool = True
     coverage_error_threshold: float = 0.99
 
+    breaker_failures: int = 5
+    breaker_recovery_s: float = 30.0
+
     def setup(self) -> EmbeddingSetup:
-        return EmbeddingSetup(
-            provider=self.provider, model=self.model, dim=self.dim, api_key=self.api_key,
-            base_url=self.base_url, rpm=self.rpm, tpm=self.tpm,
-            max_concurrency=self.max_concurrency, batch_size=self.batch_size,
-            timeout_s=self.timeout_s, max_attempts=self.max_attempts, truncate=self.truncate,
-        )  # fmt: skip
+        return EmbeddingSetup(**{f.name: getattr(self, f.name) for f in fields(EmbeddingSetup)})
