@@ -103,12 +103,12 @@ def commit_batch(
 def _without_duplicates(conn: Connection, pairs: Sequence[Pair]) -> list[Pair]:
     """Drop pairs whose content already exists anywhere, or earlier in this batch."""
     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(DEDUPE_LOCK_ID)))
-    # One text parameter split by the server: psycopg dumps a Python list as an array element
-    # by element, which cost as much as the COPY itself. Hex hashes never contain a comma.
-    hashes = ",".join({p.content_hash for p in pairs})
+    # One array literal as text: psycopg dumps a Python list element by element, which cost as
+    # much as the COPY itself. Hex hashes need no quoting inside '{...}'.
+    hashes = "{" + ",".join({p.content_hash for p in pairs}) + "}"
     seen = set(
         conn.exec_driver_sql(
-            "SELECT content_hash FROM qa_pair WHERE content_hash = ANY(string_to_array(%s, ','))",
+            "SELECT content_hash FROM qa_pair WHERE content_hash = ANY(%s::text[])",
             (hashes,),
         ).scalars()
     )
