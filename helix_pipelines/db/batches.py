@@ -106,6 +106,10 @@ def _without_duplicates(conn: Connection, pairs: Sequence[Pair]) -> list[Pair]:
     # One array literal as text: psycopg dumps a Python list element by element, which cost as
     # much as the COPY itself. Hex hashes need no quoting inside '{...}'.
     hashes = "{" + ",".join({p.content_hash for p in pairs}) + "}"
+    # While a table fills faster than autovacuum analyses it, the planner believes it is small
+    # and scans it whole for every batch: quadratic in the import. Thousands of probes into an
+    # index are right at any size.
+    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
     seen = set(
         conn.exec_driver_sql(
             "SELECT content_hash FROM qa_pair WHERE content_hash = ANY(%s::text[])",

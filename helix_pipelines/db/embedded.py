@@ -151,6 +151,8 @@ class EmbeddedPostgres:
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
         log.info("starting the embedded PostgreSQL in %s", self.pgdata)
+        # pgserver caches one handle per directory and would hand back a stopped server.
+        pgserver.PostgresServer._instances.pop(self.pgdata.resolve(), None)
         # cleanup_mode=None: the guard, not pgserver's atexit hook, decides when to stop.
         pgserver.get_server(self.pgdata, cleanup_mode=None)
 

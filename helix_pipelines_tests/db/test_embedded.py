@@ -90,3 +90,13 @@ def test_a_new_user_restarts_a_stopped_server(home):
     assert psutil.pid_exists(_postmaster_of(second))
     second.stdin.close()
     second.wait(timeout=30)
+
+
+def test_stop_then_acquire_in_one_process_starts_it_again(home):
+    server = EmbeddedPostgres(home)
+    server.acquire()
+    first = server.server_pids()[0]
+    server.stop()
+    assert not server.is_running()
+    server.acquire()
+    assert server.is_running() and server.server_pids()[0] != first
