@@ -51,6 +51,15 @@ query($name: String!) { assetCheckExecutions(assetKey: {path: ["qa_embeddings"]}
     checkName: $name, limit: 20) { runId status evaluation { success } } }
 """
 
+BACKFILL = """
+mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+    __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }
+"""
+BACKFILL_STATUS = """
+query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill { status } } }
+"""
+
 
 def _drop(inbox: Path, name: str, text: str) -> str:
     """Write-then-rename, as an upload tool would; returns the partition key to expect."""
@@ -120,6 +129,8 @@ def test_operator_journey(tmp_path_factory, tmp_path):
             for key in (clean_key, bad_key):
                 assert by_run[runs[key]]["evaluation"]["success"], (check, key)
 
+        _backfill_every_embedding_partition(port)
+
         figures = _metrics(metrics_port)
         assert figures['helix_import_jobs{status="completed"}'] == 1
         assert figures['helix_import_jobs{status="completed_with_errors"}'] == 1
@@ -137,6 +148,22 @@ def test_operator_journey(tmp_path_factory, tmp_path):
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=90)
     wait_for(lambda: not _alive(processes_using(str(home))), 30, "every process to stop")
+
+
+def _backfill_every_embedding_partition(port: int) -> None:
+    """What an operator does from the UI to re-embed everything: a backfill of qa_embeddings
+    over all partitions, one run per partition."""
+    params = {"assetSelection": [{"path": ["qa_embeddings"]}], "allPartitions": True}
+    launched = graphql(port, BACKFILL, {"params": params})["data"]["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    done = ("COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED", "COMPLETED")
+
+    def status():
+        answer = try_graphql(port, BACKFILL_STATUS, {"id": launched["backfillId"]}) or {}
+        found = ((answer.get("data") or {}).get("partitionBackfillOrError") or {}).get("status")
+        return found if found in done else None
+
+    assert wait_for(status, 300, "the backfill") in ("COMPLETED_SUCCESS", "COMPLETED")
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
