@@ -193,7 +193,7 @@ def embedding_metadata(report: EmbedReport, circuit_state: str) -> dict:
         "tokens": report.tokens,
         "latency_p50_s": MetadataValue.float(round(report.latency_percentile(50), 4)),
         "latency_p95_s": MetadataValue.float(round(report.latency_percentile(95), 4)),
-        "estimated_cost_usd": MetadataValue.float(round(report.cost_usd(0.02), 6)),
+        "estimated_cost_usd": MetadataValue.float(round(report.cost_usd, 6)),
         "circuit_state": circuit_state,
         "reset_for_model_change": report.reset_for_model,
         "stopped_reason": report.stopped_reason or "",

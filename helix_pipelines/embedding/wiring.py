@@ -61,6 +61,8 @@ class EmbeddingSetup:
         return EmbedOptions(
             batch_size=self.batch_size, max_concurrency=self.max_concurrency,
             max_attempts=self.max_attempts, truncate=self.truncate,
+            # The estimate in metadata: the local provider costs nothing.
+            **({"usd_per_million_tokens": 0.0} if self.provider == "local" else {}),
         )  # fmt: skip
 
 

@@ -76,12 +76,14 @@ class EmbedReport:
     circuit_open: bool = False
     stopped_reason: str | None = None
     reset_for_model: int = 0
+    usd_per_million_tokens: float = 0.0
 
     def latency_percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_s, q)) if self.latencies_s else 0.0
 
-    def cost_usd(self, usd_per_million_tokens: float) -> float:
-        return self.tokens * usd_per_million_tokens / 1_000_000
+    @property
+    def cost_usd(self) -> float:
+        return self.tokens * self.usd_per_million_tokens / 1_000_000
 
 
 @dataclass
@@ -111,7 +113,7 @@ def embed_pending(
     """Embed the pending pairs of one import (or of all when `job_id` is None) until none is
     left, the circuit opens, or a chunk leaves pairs for later."""
     options = options or EmbedOptions()
-    report = EmbedReport()
+    report = EmbedReport(usd_per_million_tokens=options.usd_per_million_tokens)
     report.reset_for_model = store.reset_other_models(engine, provider.model, job_id)
     embedder = _ChunkEmbedder(
         provider, limiter, breaker, options, report, observer or EmbedObserver(), sleep
