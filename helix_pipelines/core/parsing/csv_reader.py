@@ -1,11 +1,13 @@
 """Delimited text (CSV, TSV, semicolon or pipe separated): the hot path.
 
-The stdlib csv module (C) does the parsing on a streaming TextIOWrapper; Python code runs once
-per record, not per character.
+The exact reader: the stdlib csv module (C) parses a streaming TextIOWrapper and Python code
+runs once per record. UTF-8 files take the fast path in fast_csv.py first, which hands over to
+the exact reader wherever it cannot vouch for giving the same result.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
@@ -36,6 +38,9 @@ _READ_BLOCK = 256 * 1024
 
 
 class DelimitedSource(SourceFile):
+    # False forces the exact reader (tests and the benchmark compare the two).
+    use_fast_path = True
+
     def __init__(
         self, path: Path, display_name: str, options: ParseOptions, sniffed: Sniffed
     ) -> None:
@@ -46,6 +51,7 @@ class DelimitedSource(SourceFile):
         self._pending: list[str] = []  # physical lines of the record being parsed
         self._control_spy: _ControlSpy | None = None
         self.line_limit = max(4 * options.max_field_chars, 1024**2)
+        self.data_offset: int | None = None  # byte offset of the first data record
         self.plan = self._read_plan()
         self._width = self.plan.width
         self._question_index = self.plan.question_index
@@ -101,12 +107,30 @@ class DelimitedSource(SourceFile):
             self.close()
         if header is None:
             raise self.unreadable("no header row found")
+        self.data_offset = self._offset_after(self._pending)
         try:
             return plan_columns(header, self.options.column_mapping)
         except HeaderProblem as exc:
             raise self.unreadable(str(exc)) from exc
 
+    def _offset_after(self, lines: list[str]) -> int | None:
+        """Bytes of the text read so far (blank records and the header), for UTF-8 only."""
+        if self.encoding not in ("utf-8", "utf-8-sig"):
+            return None
+        try:
+            size = len("".join(lines).encode("utf-8"))
+        except UnicodeEncodeError:  # undecodable bytes: the exact reader reads this file
+            return None
+        return size + (len(codecs.BOM_UTF8) if self.encoding == "utf-8-sig" else 0)
+
     def _rows(self, start_after_row: int) -> Iterator[Pair | RowError | int]:
+        if self.use_fast_path and self.data_offset is not None:
+            from helix_pipelines.core.parsing.fast_csv import fast_rows  # imports pyarrow
+
+            return fast_rows(self, start_after_row)
+        return self._exact_rows(start_after_row)
+
+    def _exact_rows(self, start_after_row: int) -> Iterator[Pair | RowError | int]:
         reader = self._open()
         _first_nonblank(reader)
         self._pending.clear()
@@ -125,18 +149,22 @@ class DelimitedSource(SourceFile):
                 if source_row > start_after_row:
                     yield error
 
-    def _check(self, source_row: int, row: list[str]) -> Pair | RowError | int:
+    def _check(
+        self, source_row: int, row: list[str], may_have_controls: bool | None = None
+    ) -> Pair | RowError | int:
         """Runs once per record: column positions are plain attributes, not lookups."""
         if len(row) != self._width:
             return self._wrong_width(source_row, row)
-        spy = self._control_spy
+        if may_have_controls is None:
+            spy = self._control_spy
+            may_have_controls = spy is None or spy.saw_control
         result = self._check_texts(
             source_row,
             row[self._question_index],
             row[self._answer_index],
             row[self._category_index] if self._category_index is not None else None,
             lambda: self.delimiter.join(row),
-            spy is None or spy.saw_control,
+            may_have_controls,
         )
         if type(result) is RowError and _blank_record(result, row):
             return source_row  # a record such as ",,," with every field empty

@@ -1,0 +1,337 @@
+"""Fast path for UTF-8 delimited files: pyarrow parses, whole batches are cleaned and keyed.
+
+The exact reader (``DelimitedSource._exact_rows``, the stdlib csv module) stays the reference.
+This path emits a record only when its result is provably the exact reader's; at the first
+record it cannot vouch for, or on any pyarrow error, it hands over to the exact reader, which
+resumes after the last record emitted. The rules are in docs/parsing.md ("Fast path").
+"""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import functools
+import hashlib
+import re
+import sys
+import unicodedata
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+from helix_pipelines.core.normalize import CONTROL_BYTES, HASH_SEPARATOR_BYTES, hash_key
+from helix_pipelines.core.parsing.base import Pair, RowError
+
+if TYPE_CHECKING:
+    from helix_pipelines.core.parsing.csv_reader import DelimitedSource
+
+# A record must fit in one block; a bigger one makes pyarrow fail and the exact reader take over.
+BLOCK_BYTES = 4 * 1024**2
+FAST_ENCODINGS = ("utf-8", "utf-8-sig")
+_CONTROL_PATTERN = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"  # CONTROL_CHARS as an RE2 class
+# skipinitialspace: the csv module skips spaces before a quote and then reads a quoted field.
+_SPACES_THEN_QUOTE = '^ +"'
+_SPACE_RUNS = re.compile(b"  +")
+_SPACE = 32
+
+
+@functools.cache
+def _python_whitespace() -> str:
+    """Exactly what ``str.strip()`` removes, for ``utf8_trim``."""
+    return "".join(chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace())
+
+
+@functools.cache
+def _may_compose_with_previous() -> frozenset[str]:
+    """Characters that can combine with the one before them under NFKC (a superset of
+    NFKC_Quick_Check=Maybe): second halves of two-character canonical decompositions, and the
+    Hangul vowel and trailing jamo."""
+    seconds = {chr(code) for code in range(0x1161, 0x1176)} | {
+        chr(code) for code in range(0x11A8, 0x11C3)
+    }
+    for code in range(sys.maxunicode + 1):
+        parts = unicodedata.decomposition(chr(code)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(chr(int(parts[1], 16)))
+    return frozenset(seconds)
+
+
+@functools.cache
+def _foldable_in_place(char: str) -> bool:
+    """True when ``hash_key`` treats ``char`` like the batch code does: NFKC leaves every
+    string of such characters (and ASCII) unchanged (quick check Yes), it is no whitespace, and
+    case folding maps it to same-length, already folded, non-space text (so byte offsets hold)."""
+    folded = char.casefold()
+    return (
+        unicodedata.combining(char) == 0
+        and unicodedata.normalize("NFKC", char) == char
+        and char not in _may_compose_with_previous()
+        and not char.isspace()
+        and len(folded.encode("utf-8")) == len(char.encode("utf-8"))
+        and all(part.casefold() == part and not part.isspace() for part in folded)
+    )
+
+
+def fast_rows(source: DelimitedSource, start_after_row: int) -> Iterator[Pair | RowError | int]:
+    """The records after ``start_after_row``, as the exact reader yields them."""
+    resume_after = start_after_row
+    reader = _open_reader(source)
+    if reader is not None:
+        batches = _BatchChecker(source)
+        first_row = 1
+        try:
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                rows, unsure_at = batches.rows(batch, first_row, start_after_row)
+                yield from rows
+                if unsure_at is not None:
+                    resume_after = max(start_after_row, first_row + unsure_at - 1)
+                    break
+                first_row += batch.num_rows
+                resume_after = max(start_after_row, first_row - 1)
+        except (pa.ArrowException, UnicodeDecodeError):
+            pass  # resume_after still names the last record emitted
+        finally:
+            reader.close()
+    yield from source._exact_rows(resume_after)
+
+
+def _open_reader(source: DelimitedSource) -> pa.RecordBatchReader | None:
+    offset = source.data_offset
+    if offset is None or source.encoding not in FAST_ENCODINGS or source.plan.width < 2:
+        return None
+    try:
+        stream = pa.OSFile(str(source.path))
+        stream.seek(offset)
+        if stream.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8:
+            stream.close()  # pyarrow would drop a BOM here, the csv module keeps it as text
+            return None
+        stream.seek(offset)
+        names = [f"f{index}" for index in range(source.plan.width)]
+        return pa_csv.open_csv(
+            stream,
+            read_options=pa_csv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=source.delimiter,
+                quote_char='"',
+                double_quote=True,
+                escape_char=False,
+                newlines_in_values=True,
+                ignore_empty_lines=False,  # an empty line is a record: it keeps its number
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False
+            ),
+        )
+    except (pa.ArrowException, OSError):
+        return None
+
+
+class _BatchChecker:
+    """Applies the row rules of ``RowChecker`` to a whole record batch at once."""
+
+    def __init__(self, source: DelimitedSource) -> None:
+        self.source = source
+        options = source.options
+        self.max_field = max(options.max_field_chars, 1)
+        self.line_limit = source.line_limit
+        self.max_question = options.max_question_chars
+        self.max_answer = options.max_answer_chars
+        plan = source.plan
+        self.indexes = (plan.question_index, plan.answer_index, plan.category_index)
+
+    def rows(
+        self, batch: pa.RecordBatch, first_row: int, start_after_row: int
+    ) -> tuple[list[Pair | RowError | int], int | None]:
+        """The results for the batch's records after ``start_after_row`` up to the first one
+        the exact reader must handle, and that one's position in the batch (or None)."""
+        columns = batch.columns
+        unsure_at = self._first_unsure_record(columns)
+        end = batch.num_rows if unsure_at is None else unsure_at
+        skip = min(max(start_after_row - first_row + 1, 0), end)
+        if skip == end:
+            return [], unsure_at
+        columns = [column.slice(skip, end - skip) for column in columns]
+        rows = self._results(columns, first_row + skip)
+        if len(rows) < end - skip:
+            return rows, skip + len(rows)
+        return rows, unsure_at
+
+    def _first_unsure_record(self, columns: list[pa.Array]) -> int | None:
+        """Records whose field boundaries or sizes the csv module could see differently: a
+        field over the field limit, a quote after leading spaces, a line the exact reader
+        would cut, a null."""
+        unsure = np.zeros(len(columns[0]), dtype=bool)
+        widest = np.zeros(len(columns[0]), dtype=np.int64)
+        for column in columns:
+            lengths = pc.utf8_length(column).to_numpy(zero_copy_only=False)
+            unsure |= lengths > self.max_field
+            widest += lengths
+            if column.null_count:
+                unsure |= column.is_null().to_numpy(zero_copy_only=False)
+            if pc.any(pc.starts_with(column, " ")).as_py():
+                quoted = pc.match_substring_regex(column, _SPACES_THEN_QUOTE)
+                unsure |= quoted.to_numpy(zero_copy_only=False)
+        # Raw record length is at most twice its text (doubled quotes) plus quotes and
+        # delimiters: below the line limit, no physical line was cut.
+        unsure |= 2 * widest + 3 * len(columns) + 2 > self.line_limit
+        hits = np.flatnonzero(unsure)
+        return int(hits[0]) if len(hits) else None
+
+    def _results(self, columns: list[pa.Array], first_row: int) -> list[Pair | RowError | int]:
+        """One result per record, stopping short before a record only the exact reader can
+        judge."""
+        question_index, answer_index, category_index = self.indexes
+        questions, question_lengths = _clean(columns[question_index])
+        answers, answer_lengths = _clean(columns[answer_index])
+        fine = (
+            (question_lengths > 0)
+            & (answer_lengths > 0)
+            & (question_lengths <= self.max_question)
+            & (answer_lengths <= self.max_answer)
+        )
+        question_texts = _texts(questions, question_lengths)
+        answer_texts = _texts(answers, answer_lengths)
+        categories = self._categories(columns, category_index)
+        digests = _digests(
+            _hash_keys(questions, question_texts, fine), _hash_keys(answers, answer_texts, fine)
+        )
+        out: list[Pair | RowError | int] = []
+        for position, ok in enumerate(fine.tolist()):
+            if ok:
+                out.append(
+                    Pair(
+                        first_row + position,
+                        question_texts[position],
+                        answer_texts[position],
+                        categories[position],
+                        digests[position],
+                    )
+                )
+            else:
+                result = self._exact_check(columns, position, first_row)
+                if result is None:
+                    break
+                out.append(result)
+        return out
+
+    def _categories(self, columns: list[pa.Array], index: int | None) -> list[str | None]:
+        if index is None:
+            return [None] * len(columns[0])
+        cleaned, lengths = _clean(columns[index])
+        return [text or None for text in _texts(cleaned, lengths)]
+
+    def _exact_check(
+        self, columns: list[pa.Array], position: int, first_row: int
+    ) -> Pair | RowError | int | None:
+        """A record that is not a plain pair goes through the exact reader's own check; None
+        when only the exact reader can give its result."""
+        fields = [column[position].as_py() for column in columns]
+        result = self.source._check(first_row + position, fields, may_have_controls=True)
+        if type(result) is RowError and any(field.startswith(" ") for field in fields):
+            # The raw excerpt joins the fields as the csv module read them, which skipped
+            # the leading spaces of unquoted fields: pyarrow's fields cannot say which.
+            return None
+        return result
+
+
+def _layout(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of all values back to back, and the ``n + 1`` value offsets into them."""
+    buffers = column.buffers()
+    offsets = np.frombuffer(
+        buffers[1], dtype=np.int32, count=len(column) + 1, offset=column.offset * 4
+    )
+    start, end = int(offsets[0]), int(offsets[-1])
+    if buffers[2] is None or end == start:
+        return np.empty(0, dtype=np.uint8), offsets - start
+    data = np.frombuffer(buffers[2], dtype=np.uint8, count=end - start, offset=start)
+    return data, offsets - start
+
+
+def _clean(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """``clean_text`` on every value, and the cleaned lengths in characters. The CR and
+    control-character passes run only when the batch's bytes hold such a character."""
+    data, _ = _layout(column)
+    low_bytes = data[data < _SPACE].tobytes()
+    if b"\r" in low_bytes:
+        column = pc.replace_substring(column, "\r\n", "\n")
+        column = pc.replace_substring(column, "\r", "\n")
+    if len(low_bytes.translate(None, CONTROL_BYTES)) != len(low_bytes):
+        column = pc.replace_substring_regex(column, _CONTROL_PATTERN, "")
+    column = pc.utf8_trim(column, _python_whitespace())
+    return column, pc.utf8_length(column).to_numpy(zero_copy_only=False)
+
+
+def _texts(column: pa.Array, lengths: np.ndarray) -> list[str]:
+    """The values as str: one decode for the batch, then slices by character offsets."""
+    data, _ = _layout(column)
+    text = data.tobytes().decode("utf-8")
+    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    edges = bounds.tolist()
+    return [text[start:end] for start, end in zip(edges, edges[1:], strict=False)]
+
+
+def _hash_keys(column: pa.Array, texts: list[str], wanted: np.ndarray) -> list[bytes | None]:
+    """``hash_key`` of every cleaned value, done on the batch's bytes: ASCII lowered, other
+    characters folded in place where that is exact (``_foldable_in_place``), TAB and LF made
+    spaces, runs of spaces collapsed. Values with any other character go through ``hash_key``
+    itself. Cleaned values hold no CR, VT, FF or other C0 control and have no whitespace at
+    either end, so ``hash_key``'s special cases and final strip never apply to them."""
+    data, offsets = _layout(column)
+    blob = data.tobytes().lower().replace(b"\n", b" ").replace(b"\t", b" ")
+    own_key_rows: set[int] = set()
+    if not blob.isascii():
+        blob = _fold_non_ascii(blob, data, offsets, own_key_rows)
+    edges = offsets.tolist()
+    keys: list[bytes | None] = [
+        blob[start:end] for start, end in zip(edges, edges[1:], strict=False)
+    ]
+    spaces = np.frombuffer(blob, dtype=np.uint8) == _SPACE
+    doubled = np.flatnonzero(spaces[1:] & spaces[:-1])
+    for row in set(np.searchsorted(offsets, doubled, side="right").tolist()):
+        keys[row - 1] = _SPACE_RUNS.sub(b" ", keys[row - 1])
+    for row in own_key_rows:
+        keys[row] = hash_key(texts[row]) if wanted[row] else None
+    return keys
+
+
+def _fold_non_ascii(
+    blob: bytes, data: np.ndarray, offsets: np.ndarray, own_key_rows: set[int]
+) -> bytes:
+    non_ascii = data[data >= 0x80].tobytes().decode("utf-8")  # whole characters only
+    edges = offsets.tolist()
+    for char in set(non_ascii):
+        encoded = char.encode("utf-8")
+        if not _foldable_in_place(char):
+            own_key_rows.update(_rows_holding(blob, encoded, edges))
+        elif (folded := char.casefold()) != char:
+            blob = blob.replace(encoded, folded.encode("utf-8"))
+    return blob
+
+
+def _rows_holding(blob: bytes, needle: bytes, edges: list[int]) -> set[int]:
+    rows = set()
+    position = blob.find(needle)
+    while position != -1:
+        rows.add(bisect.bisect_right(edges, position) - 1)
+        position = blob.find(needle, position + 1)
+    return rows
+
+
+def _digests(question_keys: list, answer_keys: list) -> list[str | None]:
+    sha256 = hashlib.sha256
+    separator = HASH_SEPARATOR_BYTES
+    return [
+        sha256(question + separator + answer).hexdigest()
+        if question is not None and answer is not None
+        else None
+        for question, answer in zip(question_keys, answer_keys, strict=True)
+    ]

@@ -1,0 +1,206 @@
+"""The pyarrow fast path for UTF-8 delimited files gives exactly what the exact reader gives."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helix_pipelines.core.normalize import clean_text, hash_key
+from helix_pipelines.core.parsing import FileUnreadable, ParseOptions, fast_csv, open_source
+from helix_pipelines.core.parsing.csv_reader import DelimitedSource
+from helix_pipelines_tests.core.parsing_helpers import SHARED_DATA
+
+REAL_FILES = sorted(
+    path for path in SHARED_DATA.glob("*") if path.suffix.lower() in (".csv", ".tsv")
+)
+
+
+def read(path: Path, options: ParseOptions, *, fast: bool, start_after_row: int = 0):
+    with open_source(path, options) as source:
+        assert isinstance(source, DelimitedSource)
+        source.use_fast_path = fast
+        chunks = [
+            (chunk.pairs, chunk.errors, chunk.last_source_row)
+            for chunk in source.chunks(start_after_row)
+        ]
+        return chunks, source.summary.as_dict()
+
+
+def outcome(path: Path, options: ParseOptions, *, fast: bool, start_after_row: int = 0):
+    try:
+        return read(path, options, fast=fast, start_after_row=start_after_row)
+    except FileUnreadable as exc:  # decided before any record is read: the same both ways
+        return str(exc)
+
+
+def assert_same(path: Path, options: ParseOptions, start_after_row: int = 0) -> None:
+    fast = outcome(path, options, fast=True, start_after_row=start_after_row)
+    assert fast == outcome(path, options, fast=False, start_after_row=start_after_row)
+
+
+class ExactCalls:
+    """Records where the fast path handed over to the exact reader."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.resumed_after: list[int] = []
+        original = DelimitedSource._exact_rows
+
+        def spy(source, start_after_row):
+            self.resumed_after.append(start_after_row)
+            return original(source, start_after_row)
+
+        monkeypatch.setattr(DelimitedSource, "_exact_rows", spy)
+
+
+@pytest.mark.skipif(not REAL_FILES, reason="shared/data has no CSV or TSV files")
+@pytest.mark.parametrize("path", REAL_FILES, ids=lambda path: path.name)
+def test_real_files_read_the_same(path, monkeypatch):
+    options = ParseOptions(chunk_rows=997)
+    calls = ExactCalls(monkeypatch)
+    fast = read(path, options, fast=True)
+    assert calls.resumed_after == []  # clean files never need the exact reader
+    assert fast == read(path, options, fast=False)
+    rows = fast[0][-1][2]
+    for start in (1, rows // 3, rows - 1, rows, rows + 5):
+        assert_same(path, options, start)
+
+
+def test_bench_like_file_stays_on_the_fast_path(tmp_path, monkeypatch):
+    answer = 'Déjà payé, see "Order Details",\nthen press "OK".  Straße ÉTÉ € naïve'
+    rows = [["id", "question", "answer", "category"]]
+    rows += [[str(n), f"Why #{n}?", answer * (n % 5 + 1), "ORDER"] for n in range(3000)]
+    path = write(tmp_path / "faq.csv", rows)
+    calls = ExactCalls(monkeypatch)
+    assert_same(path, ParseOptions())
+    assert calls.resumed_after == [0]  # only the exact run of assert_same
+
+
+def test_fallback_resumes_after_the_last_record_emitted(tmp_path, monkeypatch):
+    # Three fields for pyarrow, two for the csv module (a quote after a space opens a field).
+    rows = [["question", "answer", "id"]] + [[f"q{n}", f"a{n}", ""] for n in range(50)]
+    text = to_csv(rows) + 'q, "a,b"\r\n' + to_csv([[f"q{n}", f"a{n}", ""] for n in range(9)])
+    path = tmp_path / "faq.csv"
+    path.write_text(text, encoding="utf-8", newline="")
+    calls = ExactCalls(monkeypatch)
+    fast = read(path, ParseOptions(chunk_rows=7), fast=True)
+    assert calls.resumed_after == [50]
+    assert fast == read(path, ParseOptions(chunk_rows=7), fast=False)
+
+
+# -- generated tables ------------------------------------------------------------------------
+
+FIELD_TEXT = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(list("abcXYZ 019,;|\t\"'\n\r")),
+        st.sampled_from(list("éÉßẞİıΣςﬁ\u00a0\u2028\x85\u0301\u1161ǅK€😀\ufeff\x00\x01\x1f")),
+        st.characters(blacklist_categories=("Cs",)),
+    ),
+    max_size=12,
+)
+RAW_LINES = st.sampled_from(
+    ["", "   ", ' q, "a,b",c', ",,", '"unterminated,a', "x,y,z,w,v", '  "q",a', "\ufeffq,a"]
+)
+
+
+@st.composite
+def tables(draw):
+    width = draw(st.integers(2, 4))
+    header = ["question", "answer", "category", "id"][:width]
+    rows = draw(
+        st.lists(
+            st.one_of(
+                st.lists(FIELD_TEXT, min_size=width, max_size=width),
+                st.lists(FIELD_TEXT, min_size=0, max_size=width + 1),
+                RAW_LINES.map(lambda line: [line]),
+            ),
+            max_size=25,
+        )
+    )
+    return header, rows
+
+
+def to_csv(rows, delimiter=",", terminator="\r\n") -> str:
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer, delimiter=delimiter, lineterminator=terminator).writerows(rows)
+    return buffer.getvalue()
+
+
+def write(path: Path, rows, **kwargs) -> Path:
+    path.write_text(to_csv(rows, **kwargs), encoding="utf-8", newline="")
+    return path
+
+
+def generated_file(directory: Path, header, rows, delimiter, encoding, terminator) -> Path:
+    text = to_csv([header], delimiter, terminator)
+    for row in rows:
+        if len(row) == 1 and row[0] in RAW_LINES_SET:
+            text += row[0].replace(",", delimiter) + terminator
+        else:
+            text += to_csv([row], delimiter, terminator)
+    path = directory / "table.csv"
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+RAW_LINES_SET = {
+    "",
+    "   ",
+    ' q, "a,b",c',
+    ",,",
+    '"unterminated,a',
+    "x,y,z,w,v",
+    '  "q",a',
+    "\ufeffq,a",
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    table=tables(),
+    delimiter=st.sampled_from([",", ";", "\t", "|"]),
+    encoding=st.sampled_from(["utf-8", "utf-8-sig"]),
+    terminator=st.sampled_from(["\r\n", "\n", "\r"]),
+    limits=st.sampled_from([(4000, 32000, 1_000_000), (3, 5, 8), (6, 2, 4)]),
+    block_bytes=st.sampled_from([64, 1024, fast_csv.BLOCK_BYTES]),
+    start_after_row=st.integers(0, 30),
+)
+def test_generated_tables_read_the_same(
+    table, delimiter, encoding, terminator, limits, block_bytes, start_after_row
+):
+    header, rows = table
+    max_question, max_answer, max_field = limits
+    options = ParseOptions(
+        max_question_chars=max_question,
+        max_answer_chars=max_answer,
+        max_field_chars=max_field,
+        chunk_rows=4,
+    )
+    original_block = fast_csv.BLOCK_BYTES
+    fast_csv.BLOCK_BYTES = block_bytes  # small blocks: batch edges and oversized records
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = generated_file(Path(tmp), header, rows, delimiter, encoding, terminator)
+            assert_same(path, options, start_after_row)
+            assert_same(path, options)
+    finally:
+        fast_csv.BLOCK_BYTES = original_block
+
+
+# -- the batch hash keys ---------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(FIELD_TEXT.map(clean_text), min_size=1, max_size=8))
+def test_batch_hash_keys_equal_hash_key(values):
+    import numpy as np
+    import pyarrow as pa
+
+    column = pa.array(values, type=pa.string())
+    keys = fast_csv._hash_keys(column, values, np.ones(len(values), dtype=bool))
+    assert keys == [hash_key(value) for value in values]
