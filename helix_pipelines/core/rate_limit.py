@@ -19,12 +19,10 @@ Times are wall-clock seconds from an injectable clock, because several machines 
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from helix_pipelines.core.shared_state import StateStore
@@ -299,63 +297,3 @@ class RateLimiter:
             return new_state, None
 
         self._store.transact(self.name, transition)
-
-    def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """observe() fed from a response's headers (any mapping; names matched case-blind)."""
-        h = {k.lower(): v for k, v in headers.items()}
-        self.observe(
-            _parse_int(h.get("x-ratelimit-remaining-requests")),
-            _parse_int(h.get("x-ratelimit-remaining-tokens")),
-            parse_duration_s(h.get("x-ratelimit-reset-requests")),
-            parse_duration_s(h.get("x-ratelimit-reset-tokens")),
-        )
-
-
-# --- header parsing ----------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def parse_duration_s(text: str | None) -> float | None:
-    """'1s', '6m0s', '20ms', '1h2m3.5s' or a bare number of seconds -> seconds; None if unknown."""
-    if text is None:
-        return None
-    text = text.strip()
-    try:
-        return max(float(text), 0.0)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    return sum(float(n) * _UNIT_S[u] for n, u in parts)
-
-
-def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds a 429/503 asks us to wait: retry-after-ms, else retry-after (seconds or date)."""
-    h = {k.lower(): v for k, v in headers.items()}
-    if (ms := _parse_float(h.get("retry-after-ms"))) is not None:
-        return max(ms / 1000.0, 0.0)
-    value = h.get("retry-after")
-    if value is None:
-        return None
-    if (seconds := _parse_float(value)) is not None:
-        return max(seconds, 0.0)
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(when - (time.time() if now is None else now), 0.0)
-
-
-def _parse_float(text: str | None) -> float | None:
-    try:
-        return None if text is None else float(text)
-    except ValueError:
-        return None
-
-
-def _parse_int(text: str | None) -> int | None:
-    value = _parse_float(text)
-    return None if value is None else int(value)

@@ -1,6 +1,4 @@
 import random
-from datetime import UTC, datetime
-from email.utils import format_datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,8 +9,6 @@ from helix_pipelines.core.rate_limit import (
     RateLimits,
     RateLimitTimeout,
     Window,
-    parse_duration_s,
-    retry_after_s,
 )
 from helix_pipelines.core.shared_state import MemoryStateStore
 
@@ -141,19 +137,6 @@ def test_observe_zero_remaining_pauses_until_reset():
     assert limiter.try_acquire(1) == pytest.approx(12.0, abs=1.0)
 
 
-def test_observe_headers_parses_openai_style_values():
-    limiter, _, _ = make_limiter(rpm=100, tpm=10_000)
-    limiter.observe_headers(
-        {
-            "X-RateLimit-Remaining-Requests": "0",
-            "x-ratelimit-remaining-tokens": "9000",
-            "x-ratelimit-reset-requests": "1m30s",
-            "x-ratelimit-reset-tokens": "120ms",
-        }
-    )
-    assert limiter.try_acquire(1) == pytest.approx(90.0)  # requests: pause until reset
-
-
 def test_acquire_sleeps_through_the_injected_sleep_and_counts_waits():
     limiter, clock, _ = make_limiter(rpm=2)
     assert limiter.acquire(1, sleep=clock.sleep) == 0.0
@@ -182,30 +165,6 @@ def test_reconfigured_slot_width_keeps_the_usage():
     old.try_acquire(1)
     new, _, _ = make_limiter(rpm=2, clock=clock, store=store, window=Window(slot_s=0.5))
     assert new.try_acquire(1) > 0
-
-
-@pytest.mark.parametrize(
-    "text, seconds",
-    [("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("2.5", 2.5)],
-)
-def test_parse_duration(text, seconds):
-    assert parse_duration_s(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", [None, "", "soon", "5x", "1s garbage"])
-def test_parse_duration_unknown(text):
-    assert parse_duration_s(text) is None
-
-
-def test_retry_after_header_forms():
-    assert retry_after_s({"Retry-After-Ms": "250", "retry-after": "9"}) == 0.25
-    assert retry_after_s({"retry-after": "3"}) == 3.0
-    when = datetime.fromtimestamp(T0 + 20, tz=UTC)
-    assert retry_after_s({"retry-after": format_datetime(when, usegmt=True)}, now=T0) == (
-        pytest.approx(20, abs=1)
-    )
-    assert retry_after_s({"retry-after": "whenever"}) is None
-    assert retry_after_s({}) is None
 
 
 # --- the sliding-window guarantee -------------------------------------------------------------
