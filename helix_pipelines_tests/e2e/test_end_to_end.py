@@ -27,7 +27,8 @@ from helix_pipelines_tests.support.processes import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+# Installing Debian's chromium on a fresh machine takes minutes on top of the journey itself.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CLEAN = (
     "question,answer,category\n"
