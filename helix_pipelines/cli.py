@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from helix_pipelines.db.migrate import SchemaMismatch
 from helix_pipelines.settings import Settings, load_settings
@@ -114,8 +114,6 @@ def _cmd_db_url(settings: Settings, args: argparse.Namespace) -> int:
     print(runtime.database_url_for_display(settings))
     return 0
 
-
-Handler = Callable[[Settings, argparse.Namespace], int]
 
 if __name__ == "__main__":
     sys.exit(main())
