@@ -40,12 +40,17 @@ def dagster_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def drop_sample(settings: Settings) -> Path:
-    """Put the example file in the inbox, so a newcomer sees an import happen."""
+def drop_sample(settings: Settings) -> Path | None:
+    """Put the example file in the inbox once per HELIX_HOME, so a newcomer sees an import
+    happen (and later runs do not import it again as a job of duplicates)."""
+    marker = settings.home / ".sample-dropped"
+    if marker.exists():
+        return None
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
     target = settings.inbox_dir / SAMPLE_FILE.name
     shutil.copyfile(SAMPLE_FILE, target.with_suffix(".part"))
     os.replace(target.with_suffix(".part"), target)  # the inbox's write-then-rename convention
+    marker.touch()
     return target
 
 
