@@ -6,17 +6,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 from helix_pipelines.db.embedded import EmbeddedPostgres
+from helix_pipelines_tests.support.processes import wait_for
 
 USER_SCRIPT = """
 import sys
 from pathlib import Path
 from helix_pipelines.db.embedded import EmbeddedPostgres
+from helix_pipelines_tests.support.processes import wait_for
 server = EmbeddedPostgres(Path(sys.argv[1]))
 server.acquire()
 print(server.server_pids()[0], flush=True)
@@ -36,12 +37,7 @@ def _postmaster_of(user: subprocess.Popen) -> int:
 
 
 def _wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
+    return bool(wait_for(predicate, timeout, "the server to stop"))
 
 
 @pytest.fixture
