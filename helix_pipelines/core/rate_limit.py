@@ -236,6 +236,10 @@ class RateLimiter:
         self._store = store
         self._clock = clock
 
+    def now(self) -> float:
+        """The limiter's clock: deadlines passed to acquire() are on it."""
+        return self._clock()
+
     def try_acquire(self, tokens: int) -> float:
         """0.0 when granted (1 request + tokens consumed); else seconds to wait, nothing used."""
         now = self._clock()

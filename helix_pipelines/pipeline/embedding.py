@@ -191,7 +191,7 @@ class _ChunkEmbedder:
         return outcome
 
     def _call_with_retries(self, items: list[EmbedItem]) -> np.ndarray:
-        deadline = time.time() + self.options.batch_deadline_s
+        deadline = self.limiter.now() + self.options.batch_deadline_s
         for attempt in retrying(
             self.options.retry, sleep=self.sleep, retry_if=_retryable, on_retry=self._count_retry
         ):
