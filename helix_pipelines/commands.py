@@ -272,20 +272,10 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines.cli import CliError, print_json
     from helix_pipelines.embedding.base import ProviderConfigError
     from helix_pipelines.embedding.wiring import setup_from_settings
-    from helix_pipelines.pipeline.embedding import embed_pending
 
     app = runtime.open_app(settings)
-    setup = setup_from_settings(settings)
-    breaker = setup.build_breaker(app.engine)
     try:
-        provider = setup.build_provider()
-        try:
-            report = embed_pending(
-                app.engine, provider, limiter=setup.build_limiter(app.engine), breaker=breaker,
-                options=setup.options(),
-            )  # fmt: skip
-        finally:
-            provider.close()
+        report, circuit_state = setup_from_settings(settings).embed(app.engine)
     except ProviderConfigError as exc:
         raise CliError(exc.message) from exc
     result = {
@@ -295,7 +285,7 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
         "requests": report.requests,
         "retries": report.retries,
         "tokens": report.tokens,
-        "circuit_state": breaker.snapshot()["state"],
+        "circuit_state": circuit_state,
         "stopped_reason": report.stopped_reason,
     }
     if args.json:

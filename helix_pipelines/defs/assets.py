@@ -26,7 +26,7 @@ from helix_pipelines.defs.resources import (
     ImportSettingsResource,
 )
 from helix_pipelines.embedding.base import ProviderConfigError
-from helix_pipelines.pipeline.embedding import EmbedReport, embed_pending
+from helix_pipelines.pipeline.embedding import EmbedReport
 from helix_pipelines.pipeline.importing import ImportReport, import_file
 
 # A step retry resumes from the job's checkpoint; run retries do not stack on it (dagster.yaml).
@@ -157,27 +157,16 @@ def qa_embeddings(
 ) -> MaterializeResult:
     engine = database.get_engine()
     job = jobs.get_job(engine, context.partition_key)
-    setup = embedding.setup()
-    provider = setup.build_provider()
-    breaker = setup.build_breaker(engine)
     try:
-        report = embed_pending(
-            engine,
-            provider,
-            limiter=setup.build_limiter(engine),
-            breaker=breaker,
-            options=setup.options(),
-            job_id=job.id,
-            observer=metrics.PrometheusEmbedObserver(),
+        report, circuit_state = embedding.setup().embed(
+            engine, job_id=job.id, observer=metrics.PrometheusEmbedObserver()
         )
     except ProviderConfigError as exc:
         raise Failure(description=exc.message, allow_retries=False) from exc
-    finally:
-        provider.close()
     if report.stopped_reason:
         context.log.warning(f"stopped early: {report.stopped_reason}")
     return MaterializeResult(
-        metadata=embedding_metadata(report, breaker.snapshot()["state"]),
+        metadata=embedding_metadata(report, circuit_state),
         check_results=embedding_checks(engine, job.id, embedding),
     )
 

@@ -12,7 +12,6 @@ from helix_pipelines.defs.resources import (
 )
 from helix_pipelines.defs.runs import run_is_alive
 from helix_pipelines.embedding.base import ProviderConfigError
-from helix_pipelines.pipeline.embedding import embed_pending
 from helix_pipelines.pipeline.recovery import recover_stale
 
 
@@ -66,22 +65,12 @@ def embed_pending_op(
 ) -> None:
     engine = database.get_engine()
     job_id = jobs.get_job(engine, config.import_job).id if config.import_job else None
-    setup = embedding.setup()
-    provider = setup.build_provider()
     try:
-        report = embed_pending(
-            engine,
-            provider,
-            limiter=setup.build_limiter(engine),
-            breaker=setup.build_breaker(engine),
-            options=setup.options(),
-            job_id=job_id,
-            observer=metrics.PrometheusEmbedObserver(),
+        report, _ = embedding.setup().embed(
+            engine, job_id=job_id, observer=metrics.PrometheusEmbedObserver()
         )
     except ProviderConfigError as exc:
         raise Failure(description=exc.message, allow_retries=False) from exc
-    finally:
-        provider.close()
     context.add_output_metadata(
         {
             "embedded": report.embedded,

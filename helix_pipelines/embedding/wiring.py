@@ -12,7 +12,7 @@ from helix_pipelines.db.state_store import PostgresStateStore
 from helix_pipelines.embedding import build_provider
 from helix_pipelines.embedding.base import EmbeddingProvider
 from helix_pipelines.embedding.local_provider import LOCAL_MODEL
-from helix_pipelines.pipeline.embedding import EmbedOptions
+from helix_pipelines.pipeline.embedding import EmbedOptions, EmbedReport, embed_pending
 
 LIMITER_NAME = "embeddings_rate"
 BREAKER_NAME = "embeddings_api"
@@ -64,6 +64,20 @@ class EmbeddingSetup:
             # The estimate in metadata: the local provider costs nothing.
             **({"usd_per_million_tokens": 0.0} if self.provider == "local" else {}),
         )  # fmt: skip
+
+    def embed(self, engine: Engine, *, job_id=None, observer=None) -> tuple[EmbedReport, str]:
+        """One embedding run of `job_id`'s pending pairs (all when None); returns the report
+        and the circuit state after it. ProviderConfigError propagates."""
+        provider = self.build_provider()
+        breaker = self.build_breaker(engine)
+        try:
+            report = embed_pending(
+                engine, provider, limiter=self.build_limiter(engine), breaker=breaker,
+                options=self.options(), job_id=job_id, observer=observer,
+            )  # fmt: skip
+        finally:
+            provider.close()
+        return report, breaker.snapshot()["state"]
 
 
 def setup_from_settings(settings) -> EmbeddingSetup:
