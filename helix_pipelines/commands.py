@@ -210,16 +210,11 @@ def _print_job_detail(d: dict) -> None:
 
 def cmd_recover(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines.cli import print_json
-    from helix_pipelines.defs.runs import run_is_alive
-    from helix_pipelines.pipeline.recovery import recover_stale
+    from helix_pipelines.defs.runs import recover_dead_runs
 
     app, instance = _open_with_instance(settings)
     stale_after = args.stale_after if args.stale_after is not None else settings.stale_after_s
-    recovered = recover_stale(
-        app.engine,
-        stale_after_s=stale_after,
-        run_is_alive=lambda run_id: run_is_alive(instance, run_id),
-    )
+    recovered = recover_dead_runs(app.engine, instance, stale_after)
     resumed = []
     if args.resume:
         for job in jobs.list_pending(app.engine):

@@ -42,17 +42,12 @@ def recover_on_start(app: App) -> int:
 
     from dagster import DagsterInstance
 
-    from helix_pipelines.defs.runs import run_is_alive
+    from helix_pipelines.defs.runs import recover_dead_runs
     from helix_pipelines.devserver import dagster_environment
-    from helix_pipelines.pipeline.recovery import recover_stale
 
     os.environ["DAGSTER_HOME"] = dagster_environment(app.settings)["DAGSTER_HOME"]
     with DagsterInstance.get() as instance:
-        recovered = recover_stale(
-            app.engine,
-            stale_after_s=app.settings.stale_after_s,
-            run_is_alive=lambda run_id: run_is_alive(instance, run_id),
-        )
+        recovered = recover_dead_runs(app.engine, instance, app.settings.stale_after_s)
     return len(recovered)
 
 

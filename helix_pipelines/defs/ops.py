@@ -10,9 +10,8 @@ from helix_pipelines.defs.resources import (
     EmbeddingResource,
     ImportSettingsResource,
 )
-from helix_pipelines.defs.runs import run_is_alive
+from helix_pipelines.defs.runs import recover_dead_runs
 from helix_pipelines.embedding.base import ProviderConfigError
-from helix_pipelines.pipeline.recovery import recover_stale
 
 
 class RecoverConfig(Config):
@@ -30,11 +29,7 @@ def recover_stale_imports_op(
     import_settings: ImportSettingsResource,
 ) -> None:
     stale_after = config.stale_after_s or import_settings.stale_after_s
-    recovered = recover_stale(
-        database.get_engine(),
-        stale_after_s=stale_after,
-        run_is_alive=lambda run_id: run_is_alive(context.instance, run_id),
-    )
+    recovered = recover_dead_runs(database.get_engine(), context.instance, stale_after)
     keys = [job.partition_key for job in recovered]
     context.log.info(f"returned {len(keys)} import(s) to pending: {keys}")
     context.add_output_metadata({"recovered": len(keys), "partitions": ", ".join(keys)})

@@ -22,3 +22,14 @@ def partition_has_run_in_flight(instance: DagsterInstance, partition_key: str) -
         RunsFilter(tags={"dagster/partition": partition_key}, statuses=IN_FLIGHT), limit=1
     )
     return bool(runs)
+
+
+def recover_dead_runs(engine, instance: DagsterInstance, stale_after_s: float) -> list:
+    """pipeline.recovery.recover_stale, with this instance deciding which runs are alive."""
+    from helix_pipelines.pipeline.recovery import recover_stale
+
+    return recover_stale(
+        engine,
+        stale_after_s=stale_after_s,
+        run_is_alive=lambda run_id: run_is_alive(instance, run_id),
+    )

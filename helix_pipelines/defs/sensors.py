@@ -23,10 +23,9 @@ from helix_pipelines.defs.resources import (
     EmbeddingResource,
     ImportSettingsResource,
 )
-from helix_pipelines.defs.runs import partition_has_run_in_flight, run_is_alive
+from helix_pipelines.defs.runs import partition_has_run_in_flight, recover_dead_runs
 from helix_pipelines.pipeline.inbox import CannotTake, look, reject
 from helix_pipelines.pipeline.intake import intake_file
-from helix_pipelines.pipeline.recovery import recover_stale
 
 # A pending job younger than this is about to be started by whoever registered it.
 PENDING_GRACE_S = 15.0
@@ -88,11 +87,7 @@ def stale_imports_sensor(
     import_settings: ImportSettingsResource,
 ) -> SensorResult:
     engine = database.get_engine()
-    recovered = recover_stale(
-        engine,
-        stale_after_s=import_settings.stale_after_s,
-        run_is_alive=lambda run_id: run_is_alive(context.instance, run_id),
-    )
+    recovered = recover_dead_runs(engine, context.instance, import_settings.stale_after_s)
     for job in recovered:
         context.log.info(f"import {job.partition_key} was stale: resuming from its checkpoint")
     waiting = [
