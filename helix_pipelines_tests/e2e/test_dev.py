@@ -3,15 +3,13 @@ it leaves no process behind, the embedded database included."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 
-import psutil
 import pytest
 
-from helix_pipelines_tests.support.db_fixtures import ISOLATED_VARIABLES
+from helix_pipelines_tests.support.db_fixtures import clean_environment
 from helix_pipelines_tests.support.processes import (
     free_port,
     processes_using,
@@ -27,7 +25,7 @@ pytestmark = pytest.mark.slow
 def test_dev_serves_the_assets_and_stops_cleanly(tmp_path_factory):
     home = tmp_path_factory.mktemp("dev")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_VARIABLES}
+    env = clean_environment()
     env["HELIX_HOME"] = str(home)
     dev = subprocess.Popen(
         [sys.executable, "-m", "helix_pipelines.cli", "dev", "--port", str(port)],
@@ -44,14 +42,10 @@ def test_dev_serves_the_assets_and_stops_cleanly(tmp_path_factory):
     finally:
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=90)
-    wait_for(lambda: not _alive(processes_using(str(home))), 30, "every process to stop")
+    wait_for(lambda: not processes_using(str(home)), 30, "every process to stop")
 
 
 def _asset_keys(answer: dict | None) -> set[str]:
     if not answer or "data" not in answer:
         return set()
     return {"/".join(node["assetKey"]["path"]) for node in answer["data"]["assetNodes"]}
-
-
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

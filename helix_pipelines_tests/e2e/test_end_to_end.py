@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 
 from helix_pipelines.core.naming import partition_key_for
 from helix_pipelines_tests.support.browser import render
-from helix_pipelines_tests.support.db_fixtures import ISOLATED_VARIABLES
+from helix_pipelines_tests.support.db_fixtures import clean_environment
 from helix_pipelines_tests.support.processes import (
     free_port,
     graphql,
@@ -94,7 +92,7 @@ def _metrics(port: int) -> dict[str, float]:
 def test_operator_journey(tmp_path_factory, tmp_path):
     home = tmp_path_factory.mktemp("e2e")
     port, metrics_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_VARIABLES}
+    env = clean_environment()
     env.update(HELIX_HOME=str(home), HELIX_EMBEDDING_DIM="256")
     dev = subprocess.Popen(
         [sys.executable, "-m", "helix_pipelines.cli", "dev", "--port", str(port),
@@ -148,7 +146,7 @@ def test_operator_journey(tmp_path_factory, tmp_path):
     finally:
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=90)
-    wait_for(lambda: not _alive(processes_using(str(home))), 30, "every process to stop")
+    wait_for(lambda: not processes_using(str(home)), 30, "every process to stop")
 
 
 def _backfill_every_embedding_partition(port: int) -> None:
@@ -165,7 +163,3 @@ def _backfill_every_embedding_partition(port: int) -> None:
         return found if found in done else None
 
     assert wait_for(status, 300, "the backfill") in ("COMPLETED_SUCCESS", "COMPLETED")
-
-
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

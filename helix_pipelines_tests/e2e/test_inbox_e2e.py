@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 
-import psutil
 import pytest
 import sqlalchemy as sa
 
 from helix_pipelines.db.embedded import EmbeddedPostgres
-from helix_pipelines_tests.support.db_fixtures import ISOLATED_VARIABLES
+from helix_pipelines_tests.support.db_fixtures import clean_environment
 from helix_pipelines_tests.support.generate import write_qa_csv
 from helix_pipelines_tests.support.processes import (
     free_port,
@@ -32,7 +31,7 @@ JOB_QUERY = sa.text(
 
 
 def start_dev(home, port) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_VARIABLES}
+    env = clean_environment()
     env.update(HELIX_HOME=str(home), HELIX_EMBEDDING_PROVIDER="local")
     return subprocess.Popen(
         [sys.executable, "-m", "helix_pipelines.cli", "dev", "--port", str(port)],
@@ -73,8 +72,4 @@ def test_a_dropped_file_becomes_a_completed_job(tmp_path_factory, tmp_path):
             engine.dispose()
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=90)
-    wait_for(lambda: not _alive(processes_using(str(home))), 30, "every process to stop")
-
-
-def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    wait_for(lambda: not processes_using(str(home)), 30, "every process to stop")

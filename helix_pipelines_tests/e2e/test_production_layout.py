@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from helix_pipelines.db.embedded import EmbeddedPostgres
 from helix_pipelines.db.engine import ensure_database
-from helix_pipelines_tests.support.db_fixtures import ISOLATED_VARIABLES
+from helix_pipelines_tests.support.db_fixtures import clean_environment
 from helix_pipelines_tests.support.processes import free_port, try_graphql, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ def test_separate_processes_with_postgres_storage(tmp_path_factory):
         workspace.write_text(
             (REPO / "deploy" / "workspace.grpc.yaml").read_text().replace("4266", str(grpc_port))
         )
-        env = {k: v for k, v in os.environ.items() if k not in ISOLATED_VARIABLES}
+        env = clean_environment()
         env.update(
             HELIX_HOME=str(home),
             HELIX_EMBEDDING_DIM="256",

@@ -89,9 +89,14 @@ def settings(database_url, tmp_path) -> Settings:
     )
 
 
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any of the variables the tests isolate."""
+    return {k: v for k, v in os.environ.items() if k not in ISOLATED_VARIABLES}
+
+
 def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment for a child process that must use the test's database and home."""
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_VARIABLES}
+    env = clean_environment()
     env.update(
         HELIX_HOME=str(settings.home),
         HELIX_DATABASE_URL=settings.database_url.get_secret_value(),

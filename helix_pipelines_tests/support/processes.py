@@ -54,14 +54,18 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 
 def processes_using(path_fragment: str) -> list[psutil.Process]:
-    """Processes whose command line mentions `path_fragment` (e.g. a test's HELIX_HOME)."""
+    """Live processes whose command line or HELIX_HOME mentions `path_fragment` (e.g. a test's
+    HELIX_HOME); zombies awaiting their parent do not count."""
     found = []
-    for proc in psutil.process_iter(["cmdline", "environ"]):
+    for proc in psutil.process_iter(["cmdline", "environ", "status"]):
         try:
             cmdline = " ".join(proc.info["cmdline"] or [])
             environ = proc.info["environ"] or {}
+            zombie = proc.info["status"] == psutil.STATUS_ZOMBIE
         except psutil.Error:
             continue
-        if path_fragment in cmdline or path_fragment in environ.get("HELIX_HOME", ""):
+        if not zombie and (
+            path_fragment in cmdline or path_fragment in environ.get("HELIX_HOME", "")
+        ):
             found.append(proc)
     return found
