@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from helix_pipelines.db import jobs
@@ -55,38 +56,59 @@ def register(verbs, *, add_json_flag) -> None:
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
-    from helix_pipelines.cli import CliError, print_json
+    from helix_pipelines.cli import print_json
+    from helix_pipelines.pipeline.inbox import CannotTake
+
+    app, instance = _open_with_instance(settings)
+    # A job whose run died (this file imported before, killed) resumes at once.
+    _recover(app, instance, settings)
+    options = {"keep_duplicates": True} if args.keep_duplicates else {}
+    unfinished = 0
+    for path in args.files:
+        try:
+            job = _take(app, settings, path, options)
+        except (CannotTake, OSError) as exc:
+            unfinished += 1
+            _print_refusal(path, str(exc), as_json=args.json)
+            continue
+        _run_import(app, instance, settings, job.partition_key, embed=not args.no_embed)
+        summary = job_summary(app.engine, job.id)
+        unfinished += summary["status"] not in ("completed", "completed_with_errors")
+        print_json(summary) if args.json else _print_import(path, summary)
+    return 1 if unfinished else 0
+
+
+def _take(app, settings: Settings, path: Path, options: dict) -> jobs.Job:
     from helix_pipelines.pipeline.inbox import CannotTake
     from helix_pipelines.pipeline.intake import intake_file
 
-    app, instance = _open_with_instance(settings)
-    options = {"keep_duplicates": True} if args.keep_duplicates else {}
-    failures = 0
-    for path in args.files:
-        if not path.is_file():
-            raise CliError(f"{path}: no such file")
-        try:
-            job, _ = intake_file(
-                app.engine,
-                path,
-                files_dir=settings.files_dir,
-                max_file_bytes=settings.max_file_bytes,
-                move=False,
-                options=options,
-            )
-        except CannotTake as exc:
-            raise CliError(f"{path}: {exc}") from exc
-        _release_if_orphaned(app.engine, instance, job)
-        _run_import(instance, job.partition_key, embed=not args.no_embed)
-        summary = job_summary(app.engine, job.id)
-        failures += summary["status"] == "failed"
-        print_json(summary) if args.json else _print_import(path, summary)
-    return 1 if failures else 0
+    if not path.is_file():
+        raise CannotTake("no such file")
+    job, _ = intake_file(
+        app.engine,
+        path,
+        files_dir=settings.files_dir,
+        max_file_bytes=settings.max_file_bytes,
+        move=False,
+        options=options,
+    )
+    return job
 
 
-def _run_import(instance, partition_key: str, *, embed: bool) -> None:
+def _print_refusal(path: Path, error: str, *, as_json: bool) -> None:
+    from helix_pipelines.cli import print_json
+
+    if as_json:
+        print_json({"file": str(path), "error": error})
+    else:
+        print(f"{path}: refused: {error}", file=sys.stderr)
+
+
+def _run_import(app, instance, settings: Settings, partition_key: str, *, embed: bool) -> None:
     from dagster import AssetKey
+    from dagster._core.utils import make_new_run_id
 
+    from helix_pipelines.db.liveness import Heartbeat
     from helix_pipelines.definitions import defs
     from helix_pipelines.defs.partitions import import_files
 
@@ -94,23 +116,25 @@ def _run_import(instance, partition_key: str, *, embed: bool) -> None:
         instance.add_dynamic_partitions(import_files.name, [partition_key])
     selection = [AssetKey("qa_pairs"), AssetKey("qa_embeddings")] if embed else None
     job_def = defs.resolve_job_def("import_job")
-    job_def.execute_in_process(
-        instance=instance,
-        partition_key=partition_key,
-        asset_selection=selection or [AssetKey("qa_pairs")],
-        raise_on_error=False,
-        tags={"helix/launched_by": "cli"},
-    )
+    run_id = make_new_run_id()
+    # The run is this process: its heartbeat covers the moments before and between steps too.
+    with Heartbeat(app.engine, run_id, kind="cli", partition_key=partition_key,
+                   stale_after_s=settings.stale_after_s):  # fmt: skip
+        job_def.execute_in_process(
+            instance=instance,
+            partition_key=partition_key,
+            asset_selection=selection or [AssetKey("qa_pairs")],
+            raise_on_error=False,
+            run_id=run_id,
+            tags={"helix/launched_by": "cli"},
+        )
 
 
-def _release_if_orphaned(engine, instance, job: jobs.Job) -> None:
-    """Importing the file of a job whose run died resumes it at once (no waiting for stale)."""
-    from helix_pipelines.defs.runs import run_is_alive
+def _recover(app, instance, settings: Settings, stale_after_s: float | None = None):
+    from helix_pipelines.defs.runs import recover_dead_runs
+    from helix_pipelines.runtime import recovery_policy
 
-    if job.status == "processing" and not (
-        job.dagster_run_id and run_is_alive(instance, job.dagster_run_id)
-    ):
-        jobs.return_to_pending(engine, job.id, job.dagster_run_id)
+    return recover_dead_runs(app.engine, instance, recovery_policy(settings, stale_after_s))
 
 
 def job_summary(engine, job_id) -> dict:
@@ -210,40 +234,59 @@ def _print_job_detail(d: dict) -> None:
 
 def cmd_recover(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines.cli import print_json
-    from helix_pipelines.defs.runs import recover_dead_runs
 
     app, instance = _open_with_instance(settings)
-    stale_after = args.stale_after if args.stale_after is not None else settings.stale_after_s
-    recovered = recover_dead_runs(app.engine, instance, stale_after)
+    report = _recover(app, instance, settings, args.stale_after)
     resumed = []
     if args.resume:
         for job in jobs.list_pending(app.engine):
-            _run_import(instance, job.partition_key, embed=True)
+            _run_import(app, instance, settings, job.partition_key, embed=True)
             resumed.append(job_summary(app.engine, job.id))
-    result = {"recovered": [j.partition_key for j in recovered], "resumed": resumed}
+    result = {
+        "dead_runs": report.dead_runs,
+        "recovered": [j.partition_key for j in report.resumed],
+        "gave_up": [j.partition_key for j in report.gave_up],
+        "rollbacks_finished": [j.partition_key for j in report.rollbacks_finished],
+        "resumed": resumed,
+    }
     if args.json:
         print_json(result)
     else:
-        print(f"{len(recovered)} stale import(s) returned to pending")
+        print(
+            f"{len(report.dead_runs)} dead run(s) marked failed; {len(report.resumed)} import(s) "
+            f"returned to pending; {len(report.rollbacks_finished)} rollback(s) finished"
+        )
+        for job in report.gave_up:
+            print(f"{job.partition_key}: failed: {job.last_error}")
         for summary in resumed:
             _print_import(Path(summary["partition_key"]), summary)
-    return 0
+    return 0 if all(s["status"] in ("completed", "completed_with_errors") for s in resumed) else 1
 
 
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines import runtime
     from helix_pipelines.cli import CliError, print_json
 
-    app = runtime.open_app(settings)
+    app = runtime.open_app(settings, migrate_schema=True)
     try:
-        job, deleted = jobs.rollback_job(app.engine, args.job)
+        result = jobs.rollback_job(app.engine, args.job, stale_after_s=settings.stale_after_s)
     except (jobs.JobNotFound, jobs.JobBusy) as exc:
         raise CliError(str(exc)) from exc
-    result = {"import_job_id": str(job.id), "status": job.status, "pairs_deleted": deleted}
+    job = result.job
+    summary = {
+        "import_job_id": str(job.id),
+        "status": job.status,
+        "pairs_deleted": result.pairs_deleted,
+        "pairs_handed_over": result.pairs_handed_over,
+    }
     if args.json:
-        print_json(result)
+        print_json(summary)
     else:
-        print(f"{job.partition_key}: {deleted} pairs removed; status {job.status}")
+        print(
+            f"{job.partition_key}: {result.pairs_deleted} pairs removed, "
+            f"{result.pairs_handed_over} handed to other imports that hold them; "
+            f"status {job.status}"
+        )
     return 0
 
 

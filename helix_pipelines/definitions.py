@@ -2,7 +2,7 @@
 
 from dataclasses import asdict
 
-from dagster import Definitions, EnvVar
+from dagster import Definitions, EnvVar, in_process_executor
 
 from helix_pipelines.defs.assets import qa_embeddings, qa_pairs
 from helix_pipelines.defs.jobs import embed_job, import_job
@@ -33,6 +33,9 @@ def build_definitions(settings: Settings) -> Definitions:
             pending_embeddings_sensor,
         ],
         resources=build_resources(settings),
+        # Steps run in the run worker's own process: its heartbeat then vouches for the whole
+        # run, between steps and during step retries too (pipeline.recovery).
+        executor=in_process_executor,
     )
 
 
@@ -46,6 +49,7 @@ def build_resources(settings: Settings) -> dict:
             max_answer_chars=settings.max_answer_chars,
             max_file_bytes=settings.max_file_bytes,
             stale_after_s=settings.stale_after_s,
+            run_start_grace_s=settings.run_start_grace_s,
             max_attempts=settings.import_max_attempts,
         ),
         "embedding": _embedding_resource(settings),

@@ -47,8 +47,15 @@ def recover_on_start(app: App) -> int:
 
     os.environ["DAGSTER_HOME"] = dagster_environment(app.settings)["DAGSTER_HOME"]
     with DagsterInstance.get() as instance:
-        recovered = recover_dead_runs(app.engine, instance, app.settings.stale_after_s)
-    return len(recovered)
+        report = recover_dead_runs(app.engine, instance, recovery_policy(app.settings))
+    return len(report.resumed)
+
+
+def recovery_policy(settings: Settings, stale_after_s: float | None = None):
+    """The recovery policy the code location uses, from the same settings."""
+    from helix_pipelines.definitions import build_resources
+
+    return build_resources(settings)["import_settings"].recovery_policy(stale_after_s)
 
 
 def _secret_url(settings: Settings) -> str | None:

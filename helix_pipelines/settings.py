@@ -47,6 +47,8 @@ class Settings(BaseSettings):
 
     import_max_attempts: int = Field(3, ge=1, validation_alias="HELIX_IMPORT_MAX_ATTEMPTS")
     stale_after_s: float = Field(300.0, gt=0, validation_alias="HELIX_STALE_AFTER_S")
+    # A run that started but never showed a heartbeat (it died loading code) is dead after this.
+    run_start_grace_s: float = Field(60.0, ge=0, validation_alias="HELIX_RUN_START_GRACE_S")
 
     @property
     def inbox_dir(self) -> Path:

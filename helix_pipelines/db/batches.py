@@ -84,8 +84,11 @@ def commit_batch(
         hook("locked")
         if job.last_source_row >= batch.last_source_row:
             return BatchOutcome(0, 0, 0, already_committed=True)
-        pairs = batch.pairs if keep_duplicates else _without_duplicates(conn, batch.pairs)
+        pairs, duplicates = (
+            (batch.pairs, []) if keep_duplicates else _split_duplicates(conn, batch.pairs)
+        )
         _copy_pairs(conn, job_id, pairs)
+        _record_duplicates(conn, job_id, duplicates)
         hook("pairs_copied")
         _copy_errors(conn, job_id, batch.errors)
         hook("errors_copied")
@@ -100,8 +103,9 @@ def commit_batch(
     return outcome
 
 
-def _without_duplicates(conn: Connection, pairs: Sequence[Pair]) -> list[Pair]:
-    """Drop pairs whose content already exists anywhere, or earlier in this batch."""
+def _split_duplicates(conn: Connection, pairs: Sequence[Pair]) -> tuple[list[Pair], list[Pair]]:
+    """(new pairs, duplicates): a duplicate's content already exists anywhere, or earlier in
+    this batch."""
     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(DEDUPE_LOCK_ID)))
     # One array literal as text: psycopg dumps a Python list element by element, which cost as
     # much as the COPY itself. Hex hashes need no quoting inside '{...}'.
@@ -116,12 +120,28 @@ def _without_duplicates(conn: Connection, pairs: Sequence[Pair]) -> list[Pair]:
             (hashes,),
         ).scalars()
     )
-    unique = []
+    unique, duplicates = [], []
     for pair in pairs:
-        if pair.content_hash not in seen:
+        if pair.content_hash in seen:
+            duplicates.append(pair)
+        else:
             seen.add(pair.content_hash)
             unique.append(pair)
-    return unique
+    return unique, duplicates
+
+
+def _record_duplicates(conn: Connection, job_id: uuid.UUID, duplicates: Sequence[Pair]) -> None:
+    """Each skipped row with the pair it matched (the earliest with its content), so a rollback
+    of the import that created that pair can hand it over instead of deleting it."""
+    if not duplicates:
+        return
+    conn.exec_driver_sql(
+        "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
+        "SELECT %s, d.source_row, (SELECT min(p.id) FROM qa_pair p WHERE p.content_hash = d.hash) "
+        "FROM unnest(%s::int[], %s::text[]) AS d(source_row, hash) "
+        "ON CONFLICT DO NOTHING",
+        (job_id, [p.source_row for p in duplicates], [p.content_hash for p in duplicates]),
+    )
 
 
 def _copy_pairs(conn: Connection, job_id: uuid.UUID, pairs: Sequence[Pair]) -> None:

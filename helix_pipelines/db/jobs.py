@@ -15,8 +15,17 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Engine
 
+from helix_pipelines.core.liveness import Owner, owner_is_dead, this_process
 from helix_pipelines.core.naming import partition_key_for
-from helix_pipelines.db.schema import FINISHED_JOB_STATUSES, import_job, import_row_error, qa_pair
+from helix_pipelines.db import liveness
+from helix_pipelines.db.schema import (
+    FINISHED_JOB_STATUSES,
+    import_duplicate,
+    import_job,
+    import_row_error,
+    qa_pair,
+    run_heartbeat,
+)
 
 UNFINISHED = ("pending", "processing")
 
@@ -27,6 +36,10 @@ class JobBusy(RuntimeError):
 
 class JobNotFound(LookupError):
     pass
+
+
+class JobRolledBack(JobBusy):
+    """The job is being (or has been) rolled back: nothing may add to it."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,8 @@ class Job:
     started_at: datetime | None
     heartbeat_at: datetime | None
     finished_at: datetime | None
+    owner_host: str | None = None
+    owner_pid: int | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row) -> Job:
@@ -123,34 +138,52 @@ def register_job(
 
 
 def start_job(engine: Engine, ref: str | uuid.UUID, run_id: str, *, stale_after_s: float) -> Job:
-    """Take ownership for `run_id` and mark the job `processing`. A job owned by another run
-    whose heartbeat is fresh is refused; a finished job is returned unchanged."""
+    """Take ownership for `run_id` and mark the job `processing`, with this process's heartbeat
+    claimed in the same transaction. A job whose owning run is alive is refused, and so is a job
+    being rolled back; a finished job is returned unchanged."""
     with engine.begin() as conn:
         job = get_job(conn, ref, lock=True)
+        if job.status == "rolling_back":
+            raise JobRolledBack(f"import {job.partition_key} is being rolled back")
         if job.finished:
             return job
-        if job.status == "processing" and job.dagster_run_id not in (None, run_id):
-            age = conn.scalar(
-                sa.select(sa.func.now() - import_job.c.heartbeat_at).where(
-                    import_job.c.id == job.id
-                )
+        held_by_other = job.status == "processing" and job.dagster_run_id not in (None, run_id)
+        if held_by_other and owner_alive(conn, job, stale_after_s):
+            raise JobBusy(
+                f"import {job.partition_key} is being processed by run {job.dagster_run_id}"
             )
-            if age is not None and age.total_seconds() < stale_after_s:
-                raise JobBusy(
-                    f"import {job.partition_key} is being processed by run {job.dagster_run_id}"
-                )
-        row = conn.execute(
-            sa.update(import_job)
-            .where(import_job.c.id == job.id)
-            .values(
-                status="processing",
-                dagster_run_id=run_id,
-                started_at=sa.func.coalesce(import_job.c.started_at, sa.func.now()),
-                heartbeat_at=sa.func.now(),
+        liveness.claim(conn, run_id, "import", job.partition_key)
+        me = this_process()
+        return _update(
+            conn,
+            job.id,
+            status="processing",
+            dagster_run_id=run_id,
+            owner_host=me.host,
+            owner_pid=me.pid,
+            started_at=sa.func.coalesce(import_job.c.started_at, sa.func.now()),
+            heartbeat_at=sa.func.now(),
+        )
+
+
+def owner_alive(conn: Connection, job: Job, stale_after_s: float) -> bool:
+    """Whether the run that owns `job` still lives: its heartbeat row decides (see
+    core.liveness); a job without one falls back on the age of its own heartbeat."""
+    age = sa.func.extract("epoch", sa.func.now() - run_heartbeat.c.heartbeat_at)
+    row = conn.execute(
+        sa.select(run_heartbeat, age.label("age")).where(
+            run_heartbeat.c.run_id == job.dagster_run_id
+        )
+    ).first()
+    if row is None:
+        job_age = conn.scalar(
+            sa.select(sa.func.extract("epoch", sa.func.now() - import_job.c.heartbeat_at)).where(
+                import_job.c.id == job.id
             )
-            .returning(*import_job.c)
-        ).one()
-        return Job.from_row(row)
+        )
+        return job_age is not None and float(job_age) < stale_after_s
+    owner = Owner(row.host, row.pid, row.pid_started, float(row.age))
+    return not owner_is_dead(owner, stale_after_s=stale_after_s, this_host=this_process().host)
 
 
 def lock_owned_job(conn: Connection, job_id: uuid.UUID, run_id: str) -> Job:
@@ -213,16 +246,25 @@ def note_error(engine: Engine, job_id: uuid.UUID, message: str) -> None:
 
 
 def record_run_failure(
-    engine: Engine, partition_key: str, message: str, *, max_attempts: int, run_id: str
+    engine: Engine,
+    partition_key: str,
+    message: str,
+    *,
+    max_attempts: int,
+    run_id: str,
+    terminal: bool = False,
 ) -> Job:
-    """A run of the import died: count it; `pending` again while attempts remain, else
-    `failed`. A job that finished meanwhile, or that another run owns, is left alone."""
+    """A run of the import failed: count it; `pending` again while attempts remain, else
+    `failed`. A terminal failure (unreadable input, a bug, bad configuration) fails the job at
+    once. A job that finished meanwhile, or that another run owns, is left alone."""
     with engine.begin() as conn:
         job = get_job(conn, partition_key, lock=True)
-        if job.finished or job.dagster_run_id not in (None, run_id):
+        if job.finished or job.status == "rolling_back":
+            return job
+        if job.dagster_run_id not in (None, run_id):
             return job
         attempts = job.attempts + 1
-        gave_up = attempts >= max_attempts
+        gave_up = terminal or attempts >= max_attempts
         return _update(
             conn,
             job.id,
@@ -234,15 +276,34 @@ def record_run_failure(
         )
 
 
-def find_stale(engine: Engine, stale_after_s: float) -> list[Job]:
-    """`processing` jobs whose heartbeat is older than `stale_after_s`."""
-    threshold = sa.func.now() - _seconds(stale_after_s)
-    query = sa.select(import_job).where(
-        import_job.c.status == "processing",
-        sa.or_(import_job.c.heartbeat_at.is_(None), import_job.c.heartbeat_at < threshold),
-    )
+def note_embedding_failure(engine: Engine, ref: str, run_id: str, message: str) -> None:
+    """An embedding run of the job failed: kept beside the job for `status` and the UI."""
+    failure = {"run_id": run_id, "message": message[:2000]}
+    with engine.begin() as conn:
+        job = get_job(conn, ref, lock=True)
+        conn.execute(
+            sa.update(import_job)
+            .where(import_job.c.id == job.id)
+            .values(
+                checkpoint_data=merge_jsonb(
+                    import_job.c.checkpoint_data, {"embedding_run_failure": failure}
+                )
+            )
+        )
+
+
+def find_owned(engine: Engine) -> list[Job]:
+    """Jobs a run holds: `processing` imports and `rolling_back` rollbacks."""
+    query = sa.select(import_job).where(import_job.c.status.in_(("processing", "rolling_back")))
     with engine.connect() as conn:
         return [Job.from_row(r) for r in conn.execute(query)]
+
+
+def heartbeat_age_s(engine: Engine, job_id: uuid.UUID) -> float | None:
+    age = sa.func.extract("epoch", sa.func.now() - import_job.c.heartbeat_at)
+    with engine.connect() as conn:
+        value = conn.scalar(sa.select(age).where(import_job.c.id == job_id))
+    return None if value is None else float(value)
 
 
 def list_pending(engine: Engine, *, quiet_for_s: float = 0.0) -> list[Job]:
@@ -260,40 +321,183 @@ def _seconds(value: float):
     return sa.func.make_interval(0, 0, 0, 0, 0, 0, value)
 
 
-def return_to_pending(engine: Engine, job_id: uuid.UUID, expected_run_id: str | None) -> bool:
-    """Release a stale job for resumption; its checkpoint is kept. False when its owner changed
-    meanwhile (another recoverer, or the run came back)."""
+def return_to_pending(
+    engine: Engine, job_id: uuid.UUID, expected_run_id: str | None, *, max_deaths: int = 3
+) -> Job | None:
+    """Release the job of a dead run for resumption; its checkpoint is kept. A job whose runs
+    keep dying at the same checkpoint (a file that kills its reader) fails after `max_deaths`.
+    None when its owner changed meanwhile (another recoverer, or the run came back)."""
     with engine.begin() as conn:
         job = get_job(conn, job_id, lock=True)
         if job.status != "processing" or job.dagster_run_id != expected_run_id:
-            return False
-        _update(
+            return None
+        previous = (job.checkpoint_data or {}).get("deaths") or {}
+        same_place = previous.get("at_row") == job.last_source_row
+        deaths = {
+            "count": previous.get("count", 0) + 1 if same_place else 1,
+            "at_row": job.last_source_row,
+        }
+        if deaths["count"] >= max_deaths:
+            message = (
+                f"the run processing this import died {deaths['count']} times at row "
+                f"{job.last_source_row} without progress; giving up"
+            )
+            status, finished = "failed", sa.func.now()
+        else:
+            message = "the run processing this import died; resuming from its checkpoint"
+            status, finished = "pending", None
+        return _update(
             conn,
             job_id,
-            status="pending",
+            status=status,
             dagster_run_id=None,
-            last_error="the run processing this import died; resuming from its checkpoint",
+            owner_host=None,
+            owner_pid=None,
+            finished_at=finished,
+            last_error=message,
+            checkpoint_data=merge_jsonb(import_job.c.checkpoint_data, {"deaths": deaths}),
         )
-        return True
 
 
-def rollback_job(engine: Engine, ref: str | uuid.UUID, batch_size: int = 5000) -> tuple[Job, int]:
-    """Delete exactly the pairs this job created, in batches, and mark it `rolled_back`."""
+# -- rollback -----------------------------------------------------------------------------------
+
+
+def begin_rollback(engine: Engine, ref: str | uuid.UUID, run_id: str, stale_after_s: float) -> Job:
+    """Hold the job for a rollback (`rolling_back`) from start to end. A job whose import run is
+    alive is refused; a rollback that died half-way is taken over."""
     with engine.begin() as conn:
         job = get_job(conn, ref, lock=True)
-        if job.status == "processing":
-            raise JobBusy(f"import {job.partition_key} is processing: wait for it or recover it")
-    deleted = 0
-    while True:
-        with engine.begin() as conn:
-            ids = sa.select(qa_pair.c.id).where(qa_pair.c.import_job_id == job.id).limit(batch_size)
-            count = conn.execute(sa.delete(qa_pair).where(qa_pair.c.id.in_(ids))).rowcount
-        deleted += count
-        if count < batch_size:
-            break
-    with engine.begin() as conn:
-        job = _update(conn, job.id, status="rolled_back", finished_at=sa.func.now())
-    return job, deleted
+        if job.status == "rolled_back":
+            return job
+        held = job.status in ("processing", "rolling_back")
+        if (
+            held
+            and job.dagster_run_id not in (None, run_id)
+            and owner_alive(conn, job, stale_after_s)
+        ):
+            verb = "rolled back" if job.status == "rolling_back" else "processed"
+            raise JobBusy(
+                f"import {job.partition_key} is being {verb} by run {job.dagster_run_id}: "
+                "wait for it, or stop it and run `helix-pipelines recover`"
+            )
+        liveness.claim(conn, run_id, "rollback", job.partition_key)
+        me = this_process()
+        return _update(
+            conn,
+            job.id,
+            status="rolling_back",
+            dagster_run_id=run_id,
+            owner_host=me.host,
+            owner_pid=me.pid,
+            heartbeat_at=sa.func.now(),
+        )
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    job: Job
+    pairs_deleted: int
+    pairs_handed_over: int
+
+
+def rollback_job(
+    engine: Engine,
+    ref: str | uuid.UUID,
+    *,
+    run_id: str | None = None,
+    stale_after_s: float = 300.0,
+    batch_size: int = 5000,
+) -> RollbackResult:
+    """Remove the pairs this job created, in batches, except those a surviving import also held
+    (skipped there as duplicates): each of those moves to the earliest such import. Each batch
+    locks the job row and checks this rollback still owns it; killed half-way, the job stays
+    `rolling_back` and `recover` finishes it. The job ends `rolled_back`."""
+    run_id = run_id or f"rollback-{uuid.uuid4()}"
+    job = begin_rollback(engine, ref, run_id, stale_after_s)
+    handed = deleted = 0
+    try:
+        while job.status == "rolling_back":
+            with engine.begin() as conn:
+                lock_rollback(conn, job.id, run_id)
+                moved = _hand_over_shared_pairs(conn, job.id, batch_size)
+                removed = 0 if moved else _delete_own_pairs(conn, job.id, batch_size)
+                conn.execute(
+                    sa.update(import_job)
+                    .where(import_job.c.id == job.id)
+                    .values(heartbeat_at=sa.func.now())
+                )
+            handed, deleted = handed + moved, deleted + removed
+            if not moved and removed < batch_size:
+                break
+        if job.status == "rolling_back":
+            with engine.begin() as conn:
+                lock_rollback(conn, job.id, run_id)
+                conn.execute(
+                    sa.delete(import_duplicate).where(import_duplicate.c.import_job_id == job.id)
+                )
+                job = _update(
+                    conn,
+                    job.id,
+                    status="rolled_back",
+                    finished_at=sa.func.now(),
+                    dagster_run_id=None,
+                    owner_host=None,
+                    owner_pid=None,
+                )
+    finally:
+        liveness.release(engine, run_id)
+    return RollbackResult(job, deleted, handed)
+
+
+def lock_rollback(conn: Connection, job_id: uuid.UUID, run_id: str) -> Job:
+    job = get_job(conn, job_id, lock=True)
+    if job.status != "rolling_back" or job.dagster_run_id != run_id:
+        raise JobBusy(f"the rollback of import {job.partition_key} was taken over by another run")
+    return job
+
+
+# The earliest surviving import that skipped a pair of the job being rolled back as a duplicate
+# takes the pair over: its row becomes the pair's origin and stops counting as a duplicate.
+_HAND_OVER = sa.text("""
+WITH heirs AS (
+    SELECT DISTINCT ON (d.qa_pair_id) d.qa_pair_id, d.import_job_id, d.source_row
+    FROM import_duplicate d
+    JOIN qa_pair p ON p.id = d.qa_pair_id AND p.import_job_id = :job_id
+    JOIN import_job j ON j.id = d.import_job_id
+    WHERE d.import_job_id <> :job_id AND j.status NOT IN ('rolling_back', 'rolled_back')
+    ORDER BY d.qa_pair_id, j.created_at, d.source_row
+    LIMIT :batch
+), moved AS (
+    UPDATE qa_pair p SET import_job_id = h.import_job_id, source_row = h.source_row
+    FROM heirs h WHERE p.id = h.qa_pair_id
+    RETURNING h.import_job_id, h.source_row
+), unrecorded AS (
+    DELETE FROM import_duplicate d USING moved m
+    WHERE d.import_job_id = m.import_job_id AND d.source_row = m.source_row
+), recounted AS (
+    UPDATE import_job j SET pairs_created = j.pairs_created + c.n,
+                            duplicates_skipped = j.duplicates_skipped - c.n
+    FROM (SELECT import_job_id, count(*) AS n FROM moved GROUP BY import_job_id) c
+    WHERE j.id = c.import_job_id
+)
+SELECT count(*) FROM moved
+""")
+
+
+def _hand_over_shared_pairs(conn: Connection, job_id: uuid.UUID, batch_size: int) -> int:
+    return int(conn.execute(_HAND_OVER, {"job_id": job_id, "batch": batch_size}).scalar_one())
+
+
+def _delete_own_pairs(conn: Connection, job_id: uuid.UUID, batch_size: int) -> int:
+    ids = sa.select(qa_pair.c.id).where(qa_pair.c.import_job_id == job_id).limit(batch_size)
+    doomed = conn.execute(sa.delete(qa_pair).where(qa_pair.c.id.in_(ids)).returning(qa_pair.c.id))
+    doomed_ids = [row.id for row in doomed]
+    if doomed_ids:
+        # Matches of this job's own rows (duplicates within its file) go with their pairs.
+        conn.execute(
+            sa.delete(import_duplicate).where(import_duplicate.c.qa_pair_id.in_(doomed_ids))
+        )
+    return len(doomed_ids)
 
 
 def row_errors_of(engine: Engine, job_id: uuid.UUID, limit: int = 100) -> list[dict[str, Any]]:

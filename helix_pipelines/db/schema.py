@@ -12,6 +12,7 @@ JOB_STATUSES = (
     "completed",
     "completed_with_errors",
     "failed",
+    "rolling_back",
     "rolled_back",
 )
 FINISHED_JOB_STATUSES = ("completed", "completed_with_errors", "failed", "rolled_back")
@@ -43,6 +44,8 @@ import_job = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("owner_host", sa.Text),
+    sa.Column("owner_pid", sa.Integer),
 )
 
 
@@ -92,4 +95,27 @@ pipeline_state = sa.Table(
     sa.Column("name", sa.Text, primary_key=True),
     sa.Column("data", JSONB, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Liveness evidence: one row per run doing work, kept fresh by the process running it.
+run_heartbeat = sa.Table(
+    "run_heartbeat",
+    metadata,
+    sa.Column("run_id", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("partition_key", sa.Text),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("pid_started", sa.Float),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Rows an import skipped as duplicates, each with the pair it matched.
+import_duplicate = sa.Table(
+    "import_duplicate",
+    metadata,
+    sa.Column("import_job_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("source_row", sa.Integer, primary_key=True),
+    sa.Column("qa_pair_id", sa.BigInteger, nullable=False),
 )

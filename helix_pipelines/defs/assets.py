@@ -17,17 +17,20 @@ from dagster import (
 )
 
 from helix_pipelines import metrics
+from helix_pipelines.core.errors import is_transient
 from helix_pipelines.db import jobs
 from helix_pipelines.db.embeddings import coverage
+from helix_pipelines.db.liveness import Heartbeat
 from helix_pipelines.defs.partitions import import_files
 from helix_pipelines.defs.resources import (
     DatabaseResource,
     EmbeddingResource,
     ImportSettingsResource,
 )
+from helix_pipelines.defs.runs import TERMINAL
 from helix_pipelines.embedding.base import ProviderConfigError
 from helix_pipelines.pipeline.embedding import EmbedReport
-from helix_pipelines.pipeline.importing import ImportReport, import_file
+from helix_pipelines.pipeline.importing import BatchFailed, ImportReport, import_file
 
 # A step retry resumes from the job's checkpoint; run retries do not stack on it (dagster.yaml).
 IMPORT_RETRY = RetryPolicy(
@@ -62,14 +65,22 @@ def qa_pairs(
             on_batch=metrics.record_batch,
         )
     except jobs.JobBusy as exc:
-        raise Failure(description=str(exc), allow_retries=False) from exc
+        raise terminal_failure(str(exc)) from exc
     except Exception as exc:
         _note_error(engine, job.id, exc)
-        raise
+        if isinstance(exc, BatchFailed) or is_transient(exc):
+            raise  # the RetryPolicy resumes from the checkpoint
+        raise terminal_failure(f"{type(exc).__name__}: {exc}") from exc
     _count_rows(job, report.job)
     if report.job.status == "failed":
-        raise Failure(description=report.job.last_error, allow_retries=False)
+        raise terminal_failure(report.job.last_error or "the file could not be read")
     return MaterializeResult(metadata=import_metadata(report))
+
+
+def terminal_failure(description: str) -> Failure:
+    """A failure that retrying cannot mend: no step retry, and the run-failure sensor fails the
+    import rather than re-requesting it."""
+    return Failure(description=description, allow_retries=False, metadata={TERMINAL: True})
 
 
 def import_metadata(report: ImportReport) -> dict:
@@ -153,21 +164,40 @@ ACCOUNTING_CHECK = "import_accounting"
     ),
 )
 def qa_embeddings(
-    context: AssetExecutionContext, database: DatabaseResource, embedding: EmbeddingResource
+    context: AssetExecutionContext,
+    database: DatabaseResource,
+    embedding: EmbeddingResource,
+    import_settings: ImportSettingsResource,
 ) -> MaterializeResult:
     engine = database.get_engine()
     job = jobs.get_job(engine, context.partition_key)
+    if job.status in ("rolling_back", "rolled_back"):
+        verb = "is being" if job.status == "rolling_back" else "was"
+        raise terminal_failure(f"import {job.partition_key} {verb} rolled back: nothing to embed")
     try:
-        report, circuit_state = embedding.setup().embed(
-            engine, job_id=job.id, observer=metrics.PrometheusEmbedObserver()
-        )
+        with keep_alive(context, engine, import_settings, kind="embed"):
+            report, circuit_state = embedding.setup().embed(
+                engine, job_id=job.id, observer=metrics.PrometheusEmbedObserver()
+            )
     except ProviderConfigError as exc:
-        raise Failure(description=exc.message, allow_retries=False) from exc
+        raise terminal_failure(exc.message) from exc
     if report.stopped_reason:
         context.log.warning(f"stopped early: {report.stopped_reason}")
     return MaterializeResult(
         metadata=embedding_metadata(report, circuit_state),
         check_results=embedding_checks(engine, job.id, embedding),
+    )
+
+
+def keep_alive(context, engine, import_settings: ImportSettingsResource, *, kind: str) -> Heartbeat:
+    """This run's heartbeat while the step works, the evidence recovery reads."""
+    partition_key = context.partition_key if context.has_partition_key else None
+    return Heartbeat(
+        engine,
+        context.run_id,
+        kind=kind,
+        partition_key=partition_key,
+        stale_after_s=import_settings.stale_after_s,
     )
 
 

@@ -21,18 +21,31 @@ class RecoverConfig(Config):
     )
 
 
-@op(description="Return processing imports whose run died to pending, keeping checkpoints.")
+@op(
+    description=(
+        "Mark runs whose process is gone failed, return their imports to pending (keeping "
+        "checkpoints) and finish rollbacks that died half-way."
+    )
+)
 def recover_stale_imports_op(
     context: OpExecutionContext,
     config: RecoverConfig,
     database: DatabaseResource,
     import_settings: ImportSettingsResource,
 ) -> None:
-    stale_after = config.stale_after_s or import_settings.stale_after_s
-    recovered = recover_dead_runs(database.get_engine(), context.instance, stale_after)
-    keys = [job.partition_key for job in recovered]
-    context.log.info(f"returned {len(keys)} import(s) to pending: {keys}")
-    context.add_output_metadata({"recovered": len(keys), "partitions": ", ".join(keys)})
+    policy = import_settings.recovery_policy(config.stale_after_s)
+    report = recover_dead_runs(database.get_engine(), context.instance, policy)
+    keys = [job.partition_key for job in report.resumed]
+    context.log.info(f"marked {len(report.dead_runs)} dead run(s) failed; resuming {keys}")
+    context.add_output_metadata(
+        {
+            "dead_runs": len(report.dead_runs),
+            "recovered": len(keys),
+            "partitions": ", ".join(keys),
+            "gave_up": ", ".join(job.partition_key for job in report.gave_up),
+            "rollbacks_finished": len(report.rollbacks_finished),
+        }
+    )
 
 
 @job(
@@ -86,15 +99,34 @@ class RollbackConfig(Config):
     import_job: str = Field(description="The import job id or partition key to roll back.")
 
 
-@op(description="Delete the pairs one import created, in batches; the job becomes rolled_back.")
+@op(
+    description=(
+        "Delete the pairs one import created, in batches, handing pairs that a surviving "
+        "import also held to the earliest such import; the job becomes rolled_back."
+    )
+)
 def rollback_import_op(
-    context: OpExecutionContext, config: RollbackConfig, database: DatabaseResource
+    context: OpExecutionContext,
+    config: RollbackConfig,
+    database: DatabaseResource,
+    import_settings: ImportSettingsResource,
 ) -> None:
     try:
-        job, deleted = jobs.rollback_job(database.get_engine(), config.import_job)
+        result = jobs.rollback_job(
+            database.get_engine(),
+            config.import_job,
+            run_id=context.run_id,
+            stale_after_s=import_settings.stale_after_s,
+        )
     except (jobs.JobNotFound, jobs.JobBusy) as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
-    context.add_output_metadata({"pairs_deleted": deleted, "status": job.status})
+    context.add_output_metadata(
+        {
+            "pairs_deleted": result.pairs_deleted,
+            "pairs_handed_over": result.pairs_handed_over,
+            "status": result.job.status,
+        }
+    )
 
 
 @job(description="Undo an import: remove exactly the pairs it created.")

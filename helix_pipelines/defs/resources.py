@@ -12,6 +12,7 @@ from helix_pipelines.db.engine import cached_engine, resolve_database_url
 from helix_pipelines.db.migrate import check_embedding_dim
 from helix_pipelines.embedding.wiring import EmbeddingSetup
 from helix_pipelines.pipeline.importing import ImportOptions
+from helix_pipelines.pipeline.recovery import RecoveryPolicy
 
 
 class DatabaseResource(ConfigurableResource):
@@ -41,9 +42,17 @@ class ImportSettingsResource(ConfigurableResource):
     max_answer_chars: int = 32000
     max_file_bytes: int = 2 * 1024**3
     stale_after_s: float = 300.0
+    run_start_grace_s: float = 60.0
     max_attempts: int = 3
     batch_deadline_s: float = 60.0
     inbox_files_per_tick: int = 50
+
+    def recovery_policy(self, stale_after_s: float | None = None) -> RecoveryPolicy:
+        return RecoveryPolicy(
+            stale_after_s=self.stale_after_s if stale_after_s is None else stale_after_s,
+            start_grace_s=self.run_start_grace_s,
+            max_deaths=self.max_attempts,
+        )
 
     def import_options(self, job_options: dict | None = None) -> ImportOptions:
         job_options = job_options or {}

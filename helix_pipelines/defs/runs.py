@@ -1,6 +1,10 @@
-"""Questions about Dagster runs that sensors and the CLI ask."""
+"""Questions about Dagster runs that sensors and the CLI ask, and recovery's view of them."""
+
+import time
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from helix_pipelines.pipeline.recovery import RecoveryPolicy, RecoveryReport, RunInFlight, recover
 
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,
@@ -9,12 +13,13 @@ IN_FLIGHT = [
     DagsterRunStatus.STARTED,
     DagsterRunStatus.CANCELING,
 ]
-
-
-def run_is_alive(instance: DagsterInstance, run_id: str) -> bool:
-    """False for a run this instance does not know: its heartbeat decides then."""
-    run = instance.get_run_by_id(run_id)
-    return run is not None and run.status in IN_FLIGHT
+# Runs that hold a process: queued runs hold none, so they are never dead.
+RUNNING = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+# Set on a run that recovery marked failed: the run-failure sensor leaves its job to recovery.
+DEAD_RUN_TAG = "helix/dead_run"
+# Metadata key on a step's Failure: the failure is terminal (retrying cannot help), so the
+# run-failure sensor fails the import at once instead of re-requesting it.
+TERMINAL = "helix/terminal"
 
 
 def partition_has_run_in_flight(instance: DagsterInstance, partition_key: str) -> bool:
@@ -24,12 +29,32 @@ def partition_has_run_in_flight(instance: DagsterInstance, partition_key: str) -
     return bool(runs)
 
 
-def recover_dead_runs(engine, instance: DagsterInstance, stale_after_s: float) -> list:
-    """pipeline.recovery.recover_stale, with this instance deciding which runs are alive."""
-    from helix_pipelines.pipeline.recovery import recover_stale
+class DagsterRuns:
+    """pipeline.recovery.RunRegistry over a Dagster instance."""
 
-    return recover_stale(
-        engine,
-        stale_after_s=stale_after_s,
-        run_is_alive=lambda run_id: run_is_alive(instance, run_id),
-    )
+    def __init__(self, instance: DagsterInstance) -> None:
+        self.instance = instance
+
+    def runs_in_flight(self) -> list[RunInFlight]:
+        now = time.time()
+        return [
+            RunInFlight(
+                run_id=record.dagster_run.run_id,
+                partitioned="dagster/partition" in record.dagster_run.tags,
+                age_s=now - (record.start_time or record.create_timestamp.timestamp()),
+            )
+            for record in self.instance.get_run_records(RunsFilter(statuses=RUNNING))
+        ]
+
+    def mark_dead(self, run_id: str, message: str) -> None:
+        run = self.instance.get_run_by_id(run_id)
+        if run is None or run.status not in RUNNING:
+            return
+        self.instance.add_run_tags(run_id, {DEAD_RUN_TAG: "true"})
+        self.instance.report_run_failed(run, message)
+
+
+def recover_dead_runs(engine, instance: DagsterInstance, policy: RecoveryPolicy) -> RecoveryReport:
+    """pipeline.recovery.recover, with this instance's runs: used by the sensor, the Launchpad
+    job, the CLI and dev's start alike."""
+    return recover(engine, DagsterRuns(instance), policy)

@@ -23,7 +23,12 @@ from helix_pipelines.defs.resources import (
     EmbeddingResource,
     ImportSettingsResource,
 )
-from helix_pipelines.defs.runs import partition_has_run_in_flight, recover_dead_runs
+from helix_pipelines.defs.runs import (
+    DEAD_RUN_TAG,
+    TERMINAL,
+    partition_has_run_in_flight,
+    recover_dead_runs,
+)
 from helix_pipelines.pipeline.inbox import CannotTake, look, reject
 from helix_pipelines.pipeline.intake import intake_file
 
@@ -76,9 +81,10 @@ def inbox_sensor(
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
     description=(
-        "Recovery: `processing` imports whose heartbeat is stale and whose run is gone go back "
-        "to `pending` (keeping their checkpoint), and every `pending` import without a run in "
-        "flight gets one."
+        "Recovery: runs whose process is gone (its heartbeat in PostgreSQL says so, whatever the "
+        "run's status) are marked failed; their `processing` imports go back to `pending` "
+        "(keeping their checkpoint), rollbacks that died half-way are finished, and every "
+        "`pending` import without a run in flight gets one."
     ),
 )
 def stale_imports_sensor(
@@ -87,9 +93,15 @@ def stale_imports_sensor(
     import_settings: ImportSettingsResource,
 ) -> SensorResult:
     engine = database.get_engine()
-    recovered = recover_dead_runs(engine, context.instance, import_settings.stale_after_s)
-    for job in recovered:
-        context.log.info(f"import {job.partition_key} was stale: resuming from its checkpoint")
+    report = recover_dead_runs(engine, context.instance, import_settings.recovery_policy())
+    for run_id in report.dead_runs:
+        context.log.warning(f"run {run_id} is dead (its process is gone): marked failed")
+    for job in report.resumed:
+        context.log.info(f"import {job.partition_key}: its run died; resuming from its checkpoint")
+    for job in report.gave_up:
+        context.log.error(f"import {job.partition_key}: {job.last_error}")
+    for job in report.rollbacks_finished:
+        context.log.info(f"rollback of import {job.partition_key} finished after its run died")
     waiting = [
         job
         for job in jobs.list_pending(engine, quiet_for_s=PENDING_GRACE_S)
@@ -115,13 +127,15 @@ def _import_requests(context, job_list, cursor: str | None = None) -> SensorResu
 
 
 @run_failure_sensor(
-    monitored_jobs=[import_job],
+    monitored_jobs=[import_job, embed_job],
     minimum_interval_seconds=10,
     default_status=DefaultSensorStatus.RUNNING,
     description=(
-        "When an import run fails, writes the error and the attempt onto its import job; the job "
-        "goes back to `pending` (the recovery sensor re-requests it) until its attempts run out, "
-        "then becomes `failed`."
+        "When an import or embedding run fails, writes the error onto its import job. An import "
+        "that failed for a transient reason goes back to `pending` (the recovery sensor "
+        "re-requests it) until its attempts run out; a terminal failure (unreadable input, a "
+        "bug, bad configuration) fails the job at once. Runs that recovery found dead are left "
+        "to recovery."
     ),
 )
 def import_run_failure_sensor(
@@ -131,28 +145,45 @@ def import_run_failure_sensor(
 ) -> None:
     run = context.dagster_run
     partition_key = run.tags.get("dagster/partition")
-    if not partition_key:
+    if not partition_key or run.tags.get(DEAD_RUN_TAG):
         return
-    message = _failure_message(context)
+    message, failed_step, terminal = _failure(context)
+    engine = database.get_engine()
     try:
+        if failed_step == "qa_embeddings" or (
+            failed_step is None and run.job_name == embed_job.name
+        ):
+            jobs.note_embedding_failure(engine, partition_key, run.run_id, message)
+            context.log.info(f"embedding run of {partition_key} failed: {message}")
+            return
         job = jobs.record_run_failure(
-            database.get_engine(),
+            engine,
             partition_key,
             message,
             max_attempts=import_settings.max_attempts,
             run_id=run.run_id,
+            terminal=terminal,
         )
     except jobs.JobNotFound:
         return
     context.log.info(f"import {partition_key}: attempt {job.attempts} failed, now {job.status}")
 
 
-def _failure_message(context: RunFailureSensorContext) -> str:
+def _failure(context: RunFailureSensorContext) -> tuple[str, str | None, bool]:
+    """(message, the failed step, whether the step declared the failure terminal)."""
     for event in context.get_step_failure_events():
-        error = event.step_failure_data.error if event.step_failure_data else None
+        data = event.step_failure_data
+        error = data.error if data else None
         if error is not None:
-            return f"{event.step_key}: {_root_cause(error).message.strip()}"[:2000]
-    return (context.failure_event.message or "the run failed")[:2000]
+            terminal = bool(data.user_failure_data and _is_terminal(data.user_failure_data))
+            message = f"{event.step_key}: {_root_cause(error).message.strip()}"[:2000]
+            return message, event.step_key, terminal
+    return (context.failure_event.message or "the run failed")[:2000], None, False
+
+
+def _is_terminal(failure_data) -> bool:
+    entry = (failure_data.metadata or {}).get(TERMINAL)
+    return bool(getattr(entry, "value", entry))
 
 
 def _root_cause(error):

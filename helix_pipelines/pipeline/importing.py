@@ -22,6 +22,10 @@ from helix_pipelines.core.parsing import (
 from helix_pipelines.core.retry import RetryBudget, retrying
 from helix_pipelines.db import jobs
 from helix_pipelines.db.batches import Batch, BatchOutcome, commit_batch
+from helix_pipelines.db.liveness import Heartbeat
+
+# The row error recorded where a file that broke part-way stopped being readable.
+FILE_DAMAGED = "file_damaged"
 
 # on_batch(status, seconds, rows): status is success, error or timeout (for metrics).
 BatchObserver = Callable[[str, float, int], None]
@@ -76,6 +80,20 @@ def import_file(
     report = ImportReport(job=job)
     if job.finished:
         return report
+    heartbeat = Heartbeat(
+        engine,
+        run_id,
+        kind="import",
+        partition_key=job.partition_key,
+        job_id=job.id,
+        stale_after_s=options.stale_after_s,
+        claimed=True,
+    )
+    with heartbeat:
+        return _import(engine, job, report, run_id, options, on_batch, hook, started)
+
+
+def _import(engine, job, report, run_id, options, on_batch, hook, started) -> ImportReport:
     try:
         source = open_source(job.source_path, options.parse, display_name=job.source_name)
     except FileUnreadable as exc:
@@ -84,14 +102,17 @@ def import_file(
     with source:
         jobs.set_format(engine, job.id, source.summary.file_format, source.summary.as_dict())
         writer = _BatchWriter(engine, job.id, run_id, options, on_batch, hook)
-        try:
-            chunks = source.chunks(start_after_row=job.last_source_row)
-            for batch in _batches(chunks, writer.sizer, job.last_source_row):
-                writer.write(batch)
-        except FileUnreadable as exc:
-            # Broken part-way (a truncated workbook): what was read stays, the reason is kept.
-            report.job = jobs.fail_job(engine, job.id, str(exc))
-            return report
+        batches = _batches(
+            source.chunks(start_after_row=job.last_source_row), writer.sizer, job.last_source_row
+        )
+        for batch in batches:
+            writer.write(batch)
+        if batches.damage is not None:
+            if job.last_source_row == 0 and not batches.read_any:
+                report.job = jobs.fail_job(engine, job.id, str(batches.damage))
+                return report
+            # Broken part-way: what was read stays; the damage is a row error where it begins.
+            writer.write(_damage_batch(batches.next_row, batches.damage))
         report.summary = source.summary.as_dict()
     jobs.set_format(engine, job.id, source.summary.file_format, report.summary)
     report.job = jobs.finish_job(engine, job.id, run_id)
@@ -99,6 +120,14 @@ def import_file(
     report.batch_size, report.rows_this_run = writer.sizer.current, writer.rows
     report.duration_s = time.monotonic() - started
     return report
+
+
+def _damage_batch(row: int, exc: FileUnreadable) -> Batch:
+    message = f"the file is damaged here: reading stopped after {row - 1} records ({exc})"
+    error = RowError(
+        source_row=row, error_code=FILE_DAMAGED, message=message[:2000], raw_excerpt=""
+    )
+    return Batch([], [error], row, row)
 
 
 def default_batch_size() -> AdaptiveBatchSize:
@@ -167,25 +196,46 @@ class _BatchWriter:
         return list(batch.split())
 
 
-def _batches(chunks: Iterator[Chunk], sizer: AdaptiveBatchSize, after_row: int) -> Iterator[Batch]:
+class _Batches:
     """Cut the parser's chunks into batches of exactly `sizer.current` rows (read afresh for
-    each batch, so the adaptive size applies however large the parser's chunks are).
+    each batch, so the adaptive size applies however large the parser's chunks are). Remembers
+    the first row not yet handed out, so damage met while reading is reported exactly there.
 
     Parsing runs in this thread. A parser thread reading ahead overlapped it with the database's
     work for about 10% more rows/s, but peak RSS then grew with the file (about 100 MB at 10,000
     rows and 190 MB from 100,000 on), against the target of flat memory (bench/import.py)."""
-    rows: list[Pair | RowError] = []
-    start, first, last = 0, after_row + 1, after_row
-    for chunk in chunks:
-        rows = rows[start:] + sorted([*chunk.pairs, *chunk.errors], key=_source_row)
-        start, last = 0, chunk.last_source_row
-        while len(rows) - start >= sizer.current:
-            taken = rows[start : start + sizer.current]
-            start += len(taken)
-            yield _batch_of(taken, first, taken[-1].source_row)
-            first = taken[-1].source_row + 1
-    if last >= first:
-        yield _batch_of(rows[start:], first, last)
+
+    def __init__(self, chunks: Iterator[Chunk], sizer: AdaptiveBatchSize, after_row: int):
+        self.chunks, self.sizer = chunks, sizer
+        self.next_row = after_row + 1
+        self.read_any = False
+        self.damage: FileUnreadable | None = None
+
+    def __iter__(self) -> Iterator[Batch]:
+        rows: list[Pair | RowError] = []
+        start, last = 0, self.next_row - 1
+        try:
+            for chunk in self.chunks:
+                self.read_any = True
+                rows = rows[start:] + sorted([*chunk.pairs, *chunk.errors], key=_source_row)
+                start, last = 0, chunk.last_source_row
+                while len(rows) - start >= self.sizer.current:
+                    taken = rows[start : start + self.sizer.current]
+                    start += len(taken)
+                    yield self._cut(taken, taken[-1].source_row)
+        except FileUnreadable as exc:
+            self.damage = exc  # the rows read before it are still handed out below
+        if last >= self.next_row:
+            yield self._cut(rows[start:], last)
+
+    def _cut(self, rows: list[Pair | RowError], last: int) -> Batch:
+        batch = _batch_of(rows, self.next_row, last)
+        self.next_row = last + 1
+        return batch
+
+
+def _batches(chunks: Iterator[Chunk], sizer: AdaptiveBatchSize, after_row: int) -> _Batches:
+    return _Batches(chunks, sizer, after_row)
 
 
 def _source_row(row: Pair | RowError) -> int:

@@ -13,7 +13,7 @@ import pytest
 from helix_pipelines.core.adaptive import AdaptiveBatchSize
 from helix_pipelines.db import jobs
 from helix_pipelines.pipeline.importing import ImportOptions, import_file
-from helix_pipelines.pipeline.recovery import recover_stale
+from helix_pipelines.pipeline.recovery import RecoveryPolicy, recover
 from helix_pipelines_tests.pipeline.import_checks import (
     assert_accounting,
     error_rows,
@@ -99,8 +99,10 @@ def test_kill_minus_nine_at_25_points_then_resume_matches_a_clean_import(
 
 
 def _recover(engine, job_id) -> None:
-    recovered = recover_stale(engine, stale_after_s=0, run_is_alive=lambda _: False)
-    assert [j.id for j in recovered] == [job_id]
+    # The driver's heartbeat names a process that is gone: the real liveness check says dead.
+    # (25 deaths in a row, some without progress: a budget wider than the default.)
+    report = recover(engine, policy=RecoveryPolicy(stale_after_s=300, max_deaths=100))
+    assert [j.id for j in report.resumed] == [job_id]
     assert jobs.get_job(engine, job_id).status == "pending"
 
 

@@ -19,7 +19,7 @@ from helix_pipelines.db import jobs, migrate
 from helix_pipelines.db.embedded import EmbeddedPostgres
 from helix_pipelines.db.engine import create_app_engine, ensure_database
 from helix_pipelines.pipeline.importing import BatchFailed, ImportOptions, import_file
-from helix_pipelines.pipeline.recovery import recover_stale
+from helix_pipelines.pipeline.recovery import RecoveryPolicy, recover
 from helix_pipelines_tests.pipeline.import_checks import (
     assert_accounting,
     clean_import,
@@ -177,7 +177,8 @@ def test_batch_that_keeps_missing_its_deadline_fails_clearly_and_stays_resumable
     locker.release()
     stuck = jobs.get_job(engine, job.id)
     assert (stuck.status, stuck.last_source_row) == ("processing", 400)
-    assert recover_stale(engine, stale_after_s=0, run_is_alive=lambda _: False)
+    # The failed import released its heartbeat: only the job's own heartbeat's age is left.
+    assert recover(engine, policy=RecoveryPolicy(stale_after_s=0)).resumed
     import_file(engine, job.id, run_id="again", options=fixed(400))
     assert_same_as_clean(engine, job.id, expected)
 
@@ -253,6 +254,8 @@ def test_outage_longer_than_the_retry_budget_fails_cleanly_and_resumes(own_serve
     assert own_server.start_after(outage_s=0).wait(timeout=60) == 0
     stuck = jobs.get_job(engine, job.id)
     assert (stuck.status, stuck.last_source_row, stuck.rows_processed) == ("processing", 3000, 3000)
-    assert recover_stale(engine, stale_after_s=0, run_is_alive=lambda _: False)
-    import_file(engine, job.id, run_id="again", options=fixed())
+    # The database was down when the import gave up, so its heartbeat still names this live
+    # process: recovery leaves the job alone, and the step's retry (same run) resumes it.
+    assert recover(engine, policy=RecoveryPolicy(stale_after_s=0)).resumed == []
+    import_file(engine, job.id, run_id="r", options=fixed())
     assert_same_as_clean(engine, job.id, expected)

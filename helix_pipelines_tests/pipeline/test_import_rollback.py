@@ -32,8 +32,8 @@ def test_rollback_removes_exactly_the_jobs_pairs(engine, tmp_path):
     removed = imported(engine, write_qa_csv(tmp_path / "removed.csv", 1500, seed=2).path)
     kept_before = ids_by_source_row(engine, kept.id)
     assert kept_before and removed.pairs_created
-    job, deleted = jobs.rollback_job(engine, removed.id, batch_size=200)
-    assert (job.status, deleted) == ("rolled_back", removed.pairs_created)
+    result = jobs.rollback_job(engine, removed.id, batch_size=200)
+    assert (result.job.status, result.pairs_deleted) == ("rolled_back", removed.pairs_created)
     assert ids_by_source_row(engine, removed.id) == {}
     assert ids_by_source_row(engine, kept.id) == kept_before
     assert jobs.get_job(engine, kept.id).status == kept.status

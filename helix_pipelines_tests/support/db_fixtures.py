@@ -17,7 +17,14 @@ from helix_pipelines.settings import Settings, load_settings
 
 TEST_EMBEDDING_DIM = 384
 TEST_DATABASE = "helix_test"
-APP_TABLES = ("qa_pair", "import_row_error", "import_job", "pipeline_state")
+APP_TABLES = (
+    "qa_pair",
+    "import_row_error",
+    "import_duplicate",
+    "import_job",
+    "pipeline_state",
+    "run_heartbeat",
+)
 # Variables that must not leak from the developer's shell into the tests.
 ISOLATED_VARIABLES = (
     "HELIX_HOME", "HELIX_DATABASE_URL", "HELIX_INBOX_DIR", "HELIX_EMBEDDING_PROVIDER",
