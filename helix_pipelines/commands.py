@@ -27,7 +27,11 @@ def register(verbs, *, add_json_flag) -> None:
 
     recover = verbs.add_parser("recover", help="resume imports whose run died")
     recover.add_argument("--stale-after", type=float, default=None, metavar="SECONDS")
-    recover.add_argument("--resume", action="store_true", help="run the recovered imports now")
+    recover.add_argument(
+        "--resume",
+        action="store_true",
+        help="run the recovered imports now (their embeddings are left to the sensor or `embed`)",
+    )
     add_json_flag(recover)
     recover.set_defaults(handler=cmd_recover)
 
@@ -240,7 +244,8 @@ def cmd_recover(settings: Settings, args: argparse.Namespace) -> int:
     resumed = []
     if args.resume:
         for job in jobs.list_pending(app.engine):
-            _run_import(app, instance, settings, job.partition_key, embed=True)
+            # Import only: the pending-embeddings sensor or `helix-pipelines embed` embeds.
+            _run_import(app, instance, settings, job.partition_key, embed=False)
             resumed.append(job_summary(app.engine, job.id))
     result = {
         "dead_runs": report.dead_runs,

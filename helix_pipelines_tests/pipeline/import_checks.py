@@ -68,5 +68,6 @@ def clean_import(engine: sa.Engine, path: Path, options) -> tuple[set, set, jobs
 
 
 def empty_tables(engine: sa.Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE qa_pair, import_row_error, import_job CASCADE"))
+    from helix_pipelines_tests.support.db_fixtures import truncate_all
+
+    truncate_all(engine)

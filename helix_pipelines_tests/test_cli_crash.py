@@ -1,0 +1,159 @@
+"""`kill -9` of a real `helix-pipelines import` process group, recovered the way an operator
+would: `recover --stale-after 0 --resume` alone, or simply the same `import` again. Nothing is
+stubbed: the killed run is still STARTED in Dagster's storage, and only its heartbeat in
+PostgreSQL (a process that is gone) tells recovery that it is dead."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from helix_pipelines.core.adaptive import AdaptiveBatchSize
+from helix_pipelines.db import jobs
+from helix_pipelines.pipeline.importing import ImportOptions
+from helix_pipelines_tests.pipeline.import_checks import (
+    assert_accounting,
+    clean_import,
+    error_rows,
+    ids_by_source_row,
+    pair_rows,
+    source_rows_repeated,
+)
+from helix_pipelines_tests.support.db_fixtures import subprocess_env
+from helix_pipelines_tests.support.generate import write_qa_csv
+from helix_pipelines_tests.support.processes import wait_for
+
+pytestmark = pytest.mark.slow
+
+ROWS = 200_000
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory):
+    return write_qa_csv(tmp_path_factory.mktemp("cli-crash") / "big.csv", ROWS, seed=11)
+
+
+@pytest.fixture(scope="module")
+def reference(session_engine, big_file):
+    options = ImportOptions(batch_size=AdaptiveBatchSize(initial=5000, maximum=10_000))
+    return clean_import(session_engine, big_file.path, options)
+
+
+def cli(settings, *args: str, **popen) -> subprocess.Popen:
+    command = [sys.executable, "-m", "helix_pipelines.cli", *args]
+    return subprocess.Popen(
+        command,
+        env=subprocess_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def import_killed_at(settings, engine, path, fraction: float) -> jobs.Job:
+    return killed_at(settings, engine, fraction, "import", str(path), "--no-embed")
+
+
+def killed_at(settings, engine, fraction: float, *command: str) -> jobs.Job:
+    """Start a CLI command in its own process group; SIGKILL the whole group once the job has
+    committed `fraction` of the file's rows."""
+    process = cli(settings, *command, "--json", start_new_session=True)
+    target = int(ROWS * fraction)
+
+    def progressed():
+        assert process.poll() is None, "the import ended before it could be killed"
+        listing = jobs.list_jobs(engine)
+        return listing and listing[0].rows_processed >= target and listing[0]
+
+    job = wait_for(progressed, timeout=240, what=f"{fraction:.0%} of the import", interval=0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=30)
+    killed = jobs.get_job(engine, job.id)
+    assert killed.status == "processing" and 0 < killed.rows_processed < ROWS
+    return killed
+
+
+def runs_with_status(settings, status: DagsterRunStatus) -> list[str]:
+    os.environ["DAGSTER_HOME"] = str(settings.home / "dagster")
+    with DagsterInstance.get() as instance:
+        return [
+            r.dagster_run.run_id for r in instance.get_run_records(RunsFilter(statuses=[status]))
+        ]
+
+
+def assert_like_clean(engine, job_id, reference, kept_ids) -> None:
+    pairs, errors, clean = reference
+    final = jobs.get_job(engine, job_id)
+    assert final.status == clean.status == "completed_with_errors"
+    assert (final.rows_total, final.pairs_created, final.duplicates_skipped, final.row_errors) == (
+        clean.rows_total, clean.pairs_created, clean.duplicates_skipped, clean.row_errors,
+    )  # fmt: skip
+    assert_accounting(final)
+    assert source_rows_repeated(engine, job_id) == []
+    assert pair_rows(engine, job_id) == pairs
+    assert error_rows(engine, job_id) == errors
+    assert kept_ids.items() <= ids_by_source_row(engine, job_id).items()
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT count(*) FROM import_job")) == 1
+
+
+def test_killed_three_times_and_recovered_by_import_and_by_recover(
+    engine, settings, big_file, reference
+):
+    """Killed at 15%; `import` again, killed at 50%; `recover --resume`, killed at 85%;
+    `recover --stale-after 0 --resume` alone finishes the job."""
+    killed = import_killed_at(settings, engine, big_file.path, 0.15)
+    kept = ids_by_source_row(engine, killed.id)
+    assert killed.dagster_run_id in runs_with_status(settings, DagsterRunStatus.STARTED)
+
+    again = killed_at(settings, engine, 0.50, "import", str(big_file.path), "--no-embed")
+    assert (again.id, again.dagster_run_id != killed.dagster_run_id) == (killed.id, True)
+    assert kept.items() <= ids_by_source_row(engine, killed.id).items()
+    kept = ids_by_source_row(engine, killed.id)
+
+    last = killed_at(settings, engine, 0.85, "recover", "--stale-after", "0", "--resume")
+    assert kept.items() <= ids_by_source_row(engine, killed.id).items()
+    kept = ids_by_source_row(engine, killed.id)
+    assert len(runs_with_status(settings, DagsterRunStatus.STARTED)) == 1
+
+    code, out, err = finish(cli(settings, "recover", "--stale-after", "0", "--resume", "--json"))
+    assert code == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["dead_runs"] == [last.dagster_run_id]
+    assert result["recovered"] == [killed.partition_key]
+    assert [s["status"] for s in result["resumed"]] == ["completed_with_errors"]
+    assert_like_clean(engine, killed.id, reference, kept)
+    # Dagster agrees: every killed run is failed, nothing is left in flight.
+    failed = set(runs_with_status(settings, DagsterRunStatus.FAILURE))
+    assert {killed.dagster_run_id, again.dagster_run_id, last.dagster_run_id} <= failed
+    assert runs_with_status(settings, DagsterRunStatus.STARTED) == []
+
+
+def test_importing_the_same_file_again_finishes_a_killed_import(
+    engine, settings, big_file, reference
+):
+    killed = import_killed_at(settings, engine, big_file.path, 0.50)
+    kept = ids_by_source_row(engine, killed.id)
+
+    code, out, err = finish(cli(settings, "import", str(big_file.path), "--no-embed", "--json"))
+    assert code == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["import_job_id"], summary["status"]) == (
+        str(killed.id),
+        "completed_with_errors",
+    )
+    assert_like_clean(engine, killed.id, reference, kept)
+    assert runs_with_status(settings, DagsterRunStatus.STARTED) == []
