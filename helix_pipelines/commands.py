@@ -382,5 +382,12 @@ def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
     breaker = setup_from_settings(settings).build_breaker(app.engine)
     multiproc_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     print(f"serving Prometheus metrics on http://{args.host}:{args.port}/metrics", flush=True)
-    metrics.serve(args.port, multiproc_dir, app.engine, breaker.snapshot, host=args.host)
+    metrics.serve(
+        args.port,
+        multiproc_dir,
+        app.engine,
+        breaker.snapshot,
+        host=args.host,
+        stale_after_s=settings.stale_after_s,
+    )
     return 0

@@ -38,15 +38,20 @@ import_batches = Counter(
     "helix_import_batches", "Import batches by outcome (success, error, timeout).", ["status"]
 )
 import_batch_duration = Histogram(
-    "helix_import_batch_duration_seconds", "Time to commit one import batch.",
-    buckets=BATCH_BUCKETS,
+    "helix_import_batch_duration_seconds",
+    "Time of each attempt to commit an import batch, by outcome (success, retry, error, timeout).",
+    ["outcome"], buckets=BATCH_BUCKETS,
 )  # fmt: skip
+import_batch_retries = Counter(
+    "helix_import_batch_retries", "Attempts to commit an import batch that failed and were retried."
+)
 import_rows = Counter(
     "helix_import_rows", "Input rows by outcome (pair, duplicate, error).", ["outcome"]
 )
 embedding_latency = Histogram(
-    "helix_import_embedding_latency_seconds", "Latency of successful embedding requests.",
-    buckets=LATENCY_BUCKETS,
+    "helix_import_embedding_latency_seconds",
+    "Latency of embedding requests, failed and timed-out ones included, by outcome.",
+    ["outcome"], buckets=LATENCY_BUCKETS,
 )  # fmt: skip
 embedding_requests = Counter(
     "helix_embedding_requests",
@@ -60,9 +65,13 @@ rate_limit_wait = Counter(
 
 
 def record_batch(status: str, seconds: float, rows: int) -> None:
-    import_batches.labels(status=status).inc()
-    if status == "success":
-        import_batch_duration.observe(seconds)
+    """One attempt at a batch (pipeline.importing's on_batch). A batch counts once in
+    helix_import_batches_total, by its final outcome; its retries count on their own."""
+    import_batch_duration.labels(outcome=status).observe(seconds)
+    if status == "retry":
+        import_batch_retries.inc()
+    else:
+        import_batches.labels(status=status).inc()
 
 
 def record_rows(pairs: int, duplicates: int, errors: int) -> None:
@@ -76,8 +85,8 @@ class PrometheusEmbedObserver:
 
     def request(self, outcome: str, latency_s: float, inputs: int) -> None:
         embedding_requests.labels(outcome=outcome).inc()
+        embedding_latency.labels(outcome=outcome).observe(latency_s)
         if outcome == "success":
-            embedding_latency.observe(latency_s)
             embedding_inputs.inc(inputs)
 
     def limiter_wait(self, seconds: float) -> None:
@@ -91,15 +100,21 @@ class PrometheusEmbedObserver:
 class KnowledgeBaseCollector:
     """Gauges computed from the database at each scrape."""
 
-    def __init__(self, engine, breaker_snapshot) -> None:
+    def __init__(self, engine, breaker_snapshot, stale_after_s: float = 300.0) -> None:
         self._engine = engine
         self._breaker_snapshot = breaker_snapshot
+        self._stale_after_s = stale_after_s
 
     def collect(self):
-        from helix_pipelines.db.stats import embedding_status_counts, job_status_counts
+        from helix_pipelines.db.stats import (
+            embedding_status_counts,
+            job_status_counts,
+            processing_imports,
+        )
 
         try:
             jobs = job_status_counts(self._engine)
+            live, stalled = processing_imports(self._engine, self._stale_after_s)
             embeddings = embedding_status_counts(self._engine)
             circuit = self._breaker_snapshot()["state"]
         except Exception as exc:  # noqa: BLE001 - a scrape must answer even when the DB is down
@@ -111,8 +126,11 @@ class KnowledgeBaseCollector:
         yield _gauge("helix_database_up", "1 when the database answered.", [([], 1)])
         yield _gauge("helix_import_jobs", "Import jobs by status.",
                      [([s], n) for s, n in jobs.items()], ["status"])  # fmt: skip
-        yield _gauge("helix_import_active_jobs", "Imports being processed now.",
-                     [([], jobs.get("processing", 0))])  # fmt: skip
+        yield _gauge("helix_import_active_jobs", "Imports a live run is processing now.",
+                     [([], live)])  # fmt: skip
+        yield _gauge("helix_import_stalled_jobs",
+                     "Imports still `processing` whose run is dead (recovery resumes them).",
+                     [([], stalled)])  # fmt: skip
         yield _gauge("helix_embeddings", "Pairs by embedding status.",
                      [([s], n) for s, n in embeddings.items()], ["status"])  # fmt: skip
         yield _gauge("helix_embeddings_pending", "Pairs waiting for an embedding.",
@@ -129,10 +147,12 @@ def _gauge(name, documentation, samples, labels=()):
     return family
 
 
-def build_registry(multiproc_dir: Path, engine, breaker_snapshot) -> CollectorRegistry:
+def build_registry(
+    multiproc_dir: Path, engine, breaker_snapshot, stale_after_s: float = 300.0
+) -> CollectorRegistry:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(multiproc_dir))
-    registry.register(KnowledgeBaseCollector(engine, breaker_snapshot))
+    registry.register(KnowledgeBaseCollector(engine, breaker_snapshot, stale_after_s))
     return registry
 
 
@@ -174,12 +194,19 @@ def _locked(directory: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def serve(port: int, multiproc_dir: Path, engine, breaker_snapshot, host: str = "0.0.0.0"):
+def serve(
+    port: int,
+    multiproc_dir: Path,
+    engine,
+    breaker_snapshot,
+    host: str = "0.0.0.0",
+    stale_after_s: float = 300.0,
+):
     """Serve /metrics until interrupted, compacting dead processes' files every minute."""
     from prometheus_client import start_http_server
 
     multiproc_dir.mkdir(parents=True, exist_ok=True)
-    registry = build_registry(multiproc_dir, engine, breaker_snapshot)
+    registry = build_registry(multiproc_dir, engine, breaker_snapshot, stale_after_s)
     server, thread = start_http_server(port, addr=host, registry=registry)
     stop = threading.Event()
     try:

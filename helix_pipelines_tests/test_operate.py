@@ -60,7 +60,9 @@ def test_counters_from_dead_processes_add_up_and_their_files_are_folded(tmp_path
         metrics.build_registry(metrics_dir, engine, lambda: {"state": "closed"})
     ).decode()
     assert _sample_value(scrape, 'helix_import_batches_total{status="success"}') == 12
-    assert _sample_value(scrape, "helix_import_batch_duration_seconds_count") == 12
+    assert (
+        _sample_value(scrape, 'helix_import_batch_duration_seconds_count{outcome="success"}') == 12
+    )
     assert _sample_value(scrape, 'helix_import_rows_total{outcome="pair"}') == 21
     assert _sample_value(scrape, "helix_database_up") == 1
     assert _sample_value(scrape, "helix_circuit_breaker_state") == 0

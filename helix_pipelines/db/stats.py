@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from helix_pipelines.db import jobs
 from helix_pipelines.db.schema import EMBEDDING_STATUSES, JOB_STATUSES
 
 
@@ -18,6 +19,14 @@ def embedding_status_counts(engine: Engine) -> dict[str, int]:
         "SELECT embedding_status, count(*) FROM qa_pair GROUP BY embedding_status",
         EMBEDDING_STATUSES,
     )
+
+
+def processing_imports(engine: Engine, stale_after_s: float) -> tuple[int, int]:
+    """(imports a live run is processing, `processing` imports whose run is dead)."""
+    with engine.connect() as conn:
+        owned = [j for j in jobs.find_owned(engine) if j.status == "processing"]
+        live = sum(jobs.owner_alive(conn, job, stale_after_s) for job in owned)
+    return live, len(owned) - live
 
 
 def _counts(engine: Engine, query: str, statuses: tuple[str, ...]) -> dict[str, int]:

@@ -204,20 +204,21 @@ class _ChunkEmbedder:
         tokens = sum(item.tokens for item in items)
         waited = self.limiter.acquire(tokens, sleep=self.sleep, deadline=deadline)
         self.observer.limiter_wait(waited)
+        started = time.monotonic()  # failed and timed-out attempts count in latency too
         try:
             result = self.provider.embed([item.text for item in items])
         except RateLimitedError as exc:
-            self._record_request("rate_limited", 0.0, len(items))
+            self._record_request("rate_limited", time.monotonic() - started, len(items))
             if exc.retry_after_s:
                 self.limiter.pause_for(exc.retry_after_s)
             raise
         except InvalidInputError:
             self.breaker.record_success()  # the service answered: it is up
-            self._record_request("invalid_input", 0.0, len(items))
+            self._record_request("invalid_input", time.monotonic() - started, len(items))
             raise
         except EmbeddingError:
             self.breaker.record_failure()
-            self._record_request("error", 0.0, len(items))
+            self._record_request("error", time.monotonic() - started, len(items))
             raise
         self.breaker.record_success()
         if result.rate_limit is not None:

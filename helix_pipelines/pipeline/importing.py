@@ -27,7 +27,9 @@ from helix_pipelines.db.liveness import Heartbeat
 # The row error recorded where a file that broke part-way stopped being readable.
 FILE_DAMAGED = "file_damaged"
 
-# on_batch(status, seconds, rows): status is success, error or timeout (for metrics).
+# on_batch(status, seconds, rows), once per attempt (for metrics): success; retry (an attempt
+# that failed and is tried again); error (the batch failed for good); timeout (over its deadline,
+# split and retried smaller).
 BatchObserver = Callable[[str, float, int], None]
 # hook(point): test-only fault injection at named points of a batch's transaction.
 Hook = Callable[[str], None]
@@ -158,13 +160,23 @@ class _BatchWriter:
                 queue_[0:0] = self._split_after_timeout(part, exc)
 
     def _commit_with_retries(self, batch: Batch) -> BatchOutcome:
+        began = time.monotonic()
+
         def note_retry(error, attempt, wait_s):
             self.retries += 1
-            self.on_batch("error", 0.0, batch.rows)
+            self.on_batch("retry", time.monotonic() - began, batch.rows)
 
         def retryable(exc):
             return is_transient(exc) and not is_statement_timeout(exc)
 
+        try:
+            return self._commit(batch, retryable, note_retry, began)
+        except Exception as exc:
+            if not is_statement_timeout(exc):
+                self.on_batch("error", time.monotonic() - began, batch.rows)
+            raise
+
+    def _commit(self, batch: Batch, retryable, note_retry, began: float) -> BatchOutcome:
         for attempt in retrying(self.options.retry, retry_if=retryable, on_retry=note_retry):
             with attempt:
                 began = time.monotonic()
