@@ -266,7 +266,7 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines import runtime
     from helix_pipelines.cli import CliError, print_json
     from helix_pipelines.embedding.base import ProviderConfigError
-    from helix_pipelines.embedding.wiring import setup_from_settings
+    from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 
     app = runtime.open_app(settings)
     try:
@@ -300,7 +300,7 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines.cli import CliError, print_json
     from helix_pipelines.db.search import nearest
     from helix_pipelines.embedding.base import EmbeddingError
-    from helix_pipelines.embedding.wiring import setup_from_settings
+    from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 
     app = runtime.open_app(settings)
     provider = setup_from_settings(settings).build_provider()
@@ -328,7 +328,7 @@ def _one_line(text: str, width: int = 160) -> str:
 
 def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines import metrics, runtime
-    from helix_pipelines.embedding.wiring import setup_from_settings
+    from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 
     app = runtime.open_app(settings)
     breaker = setup_from_settings(settings).build_breaker(app.engine)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
+import numpy as np
 import sqlalchemy as sa
 from pgvector.psycopg import register_vector
 from sqlalchemy.engine import Connection, Engine
-
-if TYPE_CHECKING:
-    from helix_pipelines.pipeline.embedding import ChunkOutcome
 
 
 @dataclass(frozen=True)
@@ -33,6 +30,21 @@ def claim_pending(conn: Connection, job_id: uuid.UUID | None, limit: int) -> lis
         {"job": job_id, "limit": limit},
     )
     return [ClaimedPair(*row) for row in rows]
+
+
+@dataclass
+class ChunkOutcome:
+    """What embedding a claimed chunk came to, by pair id: the input of write_results."""
+
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)
+    truncated: set[int] = field(default_factory=set)
+    failed: dict[int, str] = field(default_factory=dict)  # the input itself is bad
+    retry_later: dict[int, str] = field(default_factory=dict)  # transient, retries exhausted
+
+    def merge(self, other: ChunkOutcome) -> None:
+        self.vectors.update(other.vectors)
+        self.failed.update(other.failed)
+        self.retry_later.update(other.retry_later)
 
 
 def write_results(conn: Connection, outcome: ChunkOutcome, *, model: str, max_attempts: int):

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from helix_pipelines.core.parsing import ParseOptions
 from helix_pipelines.db.engine import cached_engine, resolve_database_url
 from helix_pipelines.db.migrate import check_embedding_dim
-from helix_pipelines.embedding.wiring import EmbeddingSetup
+from helix_pipelines.pipeline.embedding_setup import EmbeddingSetup
 from helix_pipelines.pipeline.importing import ImportOptions
 
 

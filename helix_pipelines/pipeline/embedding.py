@@ -25,6 +25,7 @@ from helix_pipelines.core.errors import is_transient
 from helix_pipelines.core.rate_limit import RateLimiter, RateLimitTimeout
 from helix_pipelines.core.retry import RetryBudget, retrying
 from helix_pipelines.db import embeddings as store
+from helix_pipelines.db.embeddings import ChunkOutcome
 from helix_pipelines.embedding.base import (
     EmbeddingError,
     EmbeddingProvider,
@@ -84,19 +85,6 @@ class EmbedReport:
     @property
     def cost_usd(self) -> float:
         return self.tokens * self.usd_per_million_tokens / 1_000_000
-
-
-@dataclass
-class ChunkOutcome:
-    vectors: dict[int, np.ndarray] = field(default_factory=dict)
-    truncated: set[int] = field(default_factory=set)
-    failed: dict[int, str] = field(default_factory=dict)  # the input itself is bad
-    retry_later: dict[int, str] = field(default_factory=dict)  # transient, retries exhausted
-
-    def merge(self, other: ChunkOutcome) -> None:
-        self.vectors.update(other.vectors)
-        self.failed.update(other.failed)
-        self.retry_later.update(other.retry_later)
 
 
 def embed_pending(

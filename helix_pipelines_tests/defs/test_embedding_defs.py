@@ -28,7 +28,7 @@ from helix_pipelines.defs.assets import (
 from helix_pipelines.defs.partitions import import_files
 from helix_pipelines.defs.resources import DatabaseResource, EmbeddingResource
 from helix_pipelines.defs.sensors import pending_embeddings_sensor
-from helix_pipelines.embedding.wiring import BREAKER_NAME
+from helix_pipelines.pipeline.embedding_setup import BREAKER_NAME
 from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM
 from helix_pipelines_tests.support.embed_driver import (
     Embedder,

@@ -25,8 +25,8 @@ from helix_pipelines.core.circuit_breaker import CircuitBreaker
 from helix_pipelines.core.rate_limit import RateLimiter, RateLimits
 from helix_pipelines.db.state_store import PostgresStateStore
 from helix_pipelines.embedding.base import embedding_text
-from helix_pipelines.embedding.wiring import BREAKER_NAME, LIMITER_NAME, EmbeddingSetup
 from helix_pipelines.pipeline.embedding import EmbedReport, embed_pending
+from helix_pipelines.pipeline.embedding_setup import BREAKER_NAME, LIMITER_NAME, EmbeddingSetup
 
 MODEL = "text-embedding-3-small"
 
