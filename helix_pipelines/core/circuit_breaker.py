@@ -16,7 +16,8 @@ fingerprint (the key, model, URL or dimensions changed) comes: that caller probe
 
 The state also remembers, for pipeline.embedding, when pairs were last parked (failed after
 their attempts ran out on transient errors) and when the circuit last closed after having been
-open: parked pairs go back to pending once the API has recovered since, or after parked_retry_s.
+open: parked pairs go back to pending once the API has recovered since (or a probe is due), or
+after parked_retry_s.
 """
 
 from __future__ import annotations
@@ -155,20 +156,35 @@ def on_block(state: dict | None, now: float, config: BreakerConfig, reason: str,
     return _opened(state, state["consecutive_failures"] + 1, now) | {"blocked": blocked}
 
 
+def on_lift(state: dict | None) -> dict:
+    """An operator says the setup or the account changed: a block gives way to one probe."""
+    state = _current(state)
+    if not state["blocked"] or state["state"] != CircuitState.OPEN.value:
+        return state
+    return state | {"state": CircuitState.HALF_OPEN.value, "probe_started_at": None,
+                    "blocked": None}  # fmt: skip
+
+
 def on_parked(state: dict | None, now: float) -> dict:
     state = _current(state)
     return state | {"parked_at": state["parked_at"] or now, "last_parked_at": now}
 
 
 def release_due(state: dict | None, now: float, config: BreakerConfig) -> bool:
-    """Parked pairs may go back to pending: the circuit is closed and either it closed after
-    having been open since they were parked, or parked_retry_s has passed."""
+    """Parked pairs may go back to pending: the circuit closed after having been open since they
+    were parked, or it is half-open with no probe out (a probe is due, and with nothing else
+    pending only they can be it), or parked_retry_s has passed."""
     state = _current(state)
     parked_at = state["parked_at"]
-    if parked_at is None or effective_state(state, now, config) is not CircuitState.CLOSED:
+    if parked_at is None:
         return False
+    current = effective_state(state, now, config)
     recovered = state["recovered_at"] is not None and state["recovered_at"] >= parked_at
-    return recovered or now - parked_at >= config.parked_retry_s
+    return (
+        (current is CircuitState.CLOSED and recovered)
+        or (current is CircuitState.HALF_OPEN and retry_in_s(state, now, config) == 0.0)
+        or now - parked_at >= config.parked_retry_s
+    )
 
 
 def on_released(state: dict | None, checked_at: float) -> dict:
@@ -250,6 +266,9 @@ class CircuitBreaker:
         self._store.transact(
             self.name, lambda s: (on_block(s, now, self.config, reason, message), None)
         )
+
+    def lift_block(self) -> None:
+        self._store.transact(self.name, lambda s: (on_lift(s), None))
 
     def note_parked(self) -> None:
         now = self._clock()

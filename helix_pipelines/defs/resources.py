@@ -81,6 +81,9 @@ class EmbeddingResource(ConfigurableResource):
 
     breaker_failures: int = 5
     breaker_recovery_s: float = 30.0
+    send_dimensions: bool = True
+    blocked_retry_s: float = 3600.0
+    parked_retry_s: float = 900.0
 
     def setup(self) -> EmbeddingSetup:
         return EmbeddingSetup(**{f.name: getattr(self, f.name) for f in fields(EmbeddingSetup)})

@@ -245,7 +245,9 @@ def test_parked_pairs_are_released_once_the_circuit_recovered_after_they_were_pa
     fail(breaker, 3)
     assert breaker.release_due() is None  # open
     clock.now += 30.0
+    assert breaker.release_due() is not None  # half-open: parked pairs may be the probe
     breaker.before_call()
+    assert breaker.release_due() is None  # a probe is out
     breaker.record_success()  # closed after having been open
     checked_at = breaker.release_due()
     assert checked_at == clock.now
