@@ -181,6 +181,17 @@ def count_pending(engine: Engine, job_id: uuid.UUID | None) -> int:
         )
 
 
+def count_parked(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(
+            sa.text(
+                "SELECT count(*) FROM qa_pair WHERE embedding_status = 'failed' "
+                "AND starts_with(embedding_error, :prefix)"
+            ),
+            {"prefix": PARKED_PREFIX},
+        )
+
+
 def partitions_to_embed(engine: Engine, model: str) -> list[str]:
     """Partition keys of imports with pending pairs, or with pairs embedded by another model
     than the configured one, oldest first, whatever the import's status (an import that failed

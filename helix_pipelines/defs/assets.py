@@ -3,6 +3,7 @@
 import contextlib
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -162,13 +163,28 @@ def qa_embeddings(
             engine, job_id=job.id, observer=metrics.PrometheusEmbedObserver()
         )
     except ProviderConfigError as exc:
-        raise Failure(description=exc.message, allow_retries=False) from exc
+        raise _blocked(context, engine, job.id, embedding, exc) from exc
     if report.stopped_reason:
         context.log.warning(f"stopped early: {report.stopped_reason}")
     return MaterializeResult(
         metadata=embedding_metadata(report, circuit_state),
         check_results=embedding_checks(engine, job.id, embedding),
     )
+
+
+def _blocked(context, engine, job_id, embedding: EmbeddingResource, exc) -> Failure:
+    """The checks still report (coverage says why nothing was embedded); the run fails without
+    retries: no retry can succeed until the configuration or the account changes."""
+    for check in embedding_checks(engine, job_id, embedding):
+        context.log_event(
+            AssetCheckEvaluation(
+                asset_key=context.asset_key, check_name=check.check_name, passed=check.passed,
+                metadata=check.metadata, severity=check.severity,
+                partition=context.partition_key,
+            )
+        )  # fmt: skip
+    metadata = {"embeddings_blocked": str(exc.blocker or "")}
+    return Failure(description=exc.message, metadata=metadata, allow_retries=False)
 
 
 def embedding_metadata(report: EmbedReport, circuit_state: str) -> dict:
@@ -185,12 +201,15 @@ def embedding_metadata(report: EmbedReport, circuit_state: str) -> dict:
         "estimated_cost_usd": MetadataValue.float(round(report.cost_usd, 6)),
         "circuit_state": circuit_state,
         "reset_for_model_change": report.reset_for_model,
+        "parked": report.parked,
+        "released_from_parking": report.released,
         "stopped_reason": report.stopped_reason or "",
     }
 
 
 def embedding_checks(engine, job_id, embedding: EmbeddingResource) -> list[AssetCheckResult]:
     cov = coverage(engine, job_id, embedding.dim)
+    blocked = embedding.setup().blocked(engine)
     job = jobs.get_job(engine, job_id)
     accounted = job.pairs_created + job.duplicates_skipped + job.row_errors
     return [
@@ -207,6 +226,8 @@ def embedding_checks(engine, job_id, embedding: EmbeddingResource) -> list[Asset
                 "failed": cov.failed,
                 "commonest_failures": MetadataValue.json(
                     [{"reason": r, "pairs": n} for r, n in cov.top_errors]),
+                "embeddings_blocked": (f"{blocked['reason']}: {blocked['message']}"
+                                       if blocked else ""),
             },
         ),
         AssetCheckResult(

@@ -12,6 +12,7 @@ from helix_pipelines.defs.resources import (
 )
 from helix_pipelines.defs.runs import recover_dead_runs
 from helix_pipelines.embedding.base import ProviderConfigError
+from helix_pipelines.pipeline.embedding import retry_failed
 
 
 class RecoverConfig(Config):
@@ -49,6 +50,11 @@ class EmbedPendingConfig(Config):
     import_job: str | None = Field(
         default=None, description="An import job id or partition key; empty: every import."
     )
+    retry_failed: bool = Field(
+        default=False,
+        description="First return the failed pairs (of import_job, or of every import) to "
+        "pending, bad inputs included.",
+    )
 
 
 @op(description="Embed pending pairs now, under the shared rate limiter and circuit breaker.")
@@ -60,16 +66,23 @@ def embed_pending_op(
 ) -> None:
     engine = database.get_engine()
     job_id = jobs.get_job(engine, config.import_job).id if config.import_job else None
+    requeued = retry_failed(engine, job_id) if config.retry_failed else 0
     try:
         report, _ = embedding.setup().embed(
-            engine, job_id=job_id, observer=metrics.PrometheusEmbedObserver()
+            engine, job_id=job_id, observer=metrics.PrometheusEmbedObserver(), operator=True
         )
     except ProviderConfigError as exc:
-        raise Failure(description=exc.message, allow_retries=False) from exc
+        raise Failure(
+            description=exc.message,
+            metadata={"embeddings_blocked": str(exc.blocker or ""), "requeued": requeued},
+            allow_retries=False,
+        ) from exc
     context.add_output_metadata(
         {
+            "requeued": requeued,
             "embedded": report.embedded,
             "failed": report.failed,
+            "parked": report.parked,
             "still_pending": report.pending,
             "requests": report.requests,
             "tokens": report.tokens,

@@ -89,7 +89,6 @@ class EmbedReport:
     reset_for_model: int = 0
     parked: int = 0  # attempts used up on transient errors: failed until released
     released: int = 0  # parked pairs returned to pending by this run
-    requeued: int = 0  # failed pairs an operator returned to pending before this run
     usd_per_million_tokens: float = 0.0
 
     def latency_percentile(self, q: float) -> float:

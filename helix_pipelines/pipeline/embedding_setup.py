@@ -20,7 +20,6 @@ from helix_pipelines.pipeline.embedding import (
     EmbedOptions,
     EmbedReport,
     embed_pending,
-    retry_failed,
 )
 
 LIMITER_NAME = "embeddings_rate"
@@ -90,24 +89,16 @@ class EmbeddingSetup:
         )  # fmt: skip
 
     def embed(
-        self,
-        engine: Engine,
-        *,
-        job_id=None,
-        observer=None,
-        operator: bool = False,
-        retry_failed_pairs: bool = False,
+        self, engine: Engine, *, job_id=None, observer=None, operator: bool = False
     ) -> tuple[EmbedReport, str]:
         """One embedding run of `job_id`'s pending pairs (all when None); returns the report
         and the circuit state after it. ProviderConfigError propagates, and blocks the circuit.
 
-        operator: someone asked for this run (CLI, Launchpad), so a block is lifted for one
-        probe: the quota may have been topped up. retry_failed_pairs: first return the failed
-        pairs (of job_id, or all) to pending."""
+        operator: someone asked for this run (CLI, Launchpad), so a block gives way to one
+        probe: the quota may have been topped up since."""
         breaker = self.build_breaker(engine)
         if operator:
             breaker.lift_block()
-        requeued = retry_failed(engine, job_id) if retry_failed_pairs else 0
         provider = self._provider_or_block(breaker)
         try:
             report = embed_pending(
@@ -116,8 +107,14 @@ class EmbeddingSetup:
             )  # fmt: skip
         finally:
             provider.close()
-        report.requeued = requeued
         return report, breaker.snapshot()["state"]
+
+    def blocked(self, engine: Engine) -> dict | None:
+        """{reason, message, retry_in_s} while a block holds embedding back, else None."""
+        circuit = self.build_breaker(engine).snapshot()
+        if circuit["blocked"] is None:
+            return None
+        return circuit["blocked"] | {"retry_in_s": round(circuit["retry_in_s"])}
 
     def _provider_or_block(self, breaker: CircuitBreaker) -> EmbeddingProvider:
         try:
