@@ -204,7 +204,7 @@ def embedding_run_requests(
     if not idle:
         return SkipReason("no pending embeddings" if not keys else "every run is in flight")
     if circuit["state"] == "half_open":
-        return _probe_request(context, idle, busy=len(idle) < len(keys), now=clock())
+        return _probe_request(context, idle, now=clock())
     return SensorResult(run_requests=[RunRequest(partition_key=key) for key in idle])
 
 
@@ -219,11 +219,12 @@ def _open_circuit_reason(circuit: dict) -> str:
     )
 
 
-def _probe_request(context, idle: list[str], *, busy: bool, now: float):
-    """Half-open: one run, the probe, and none while one may still be on its way."""
+def _probe_request(context, idle: list[str], *, now: float):
+    """Half-open: one run, the probe, and none while it may still be on its way (spaced by
+    time, not by run status: a dead run still marked in flight must not hold probes back)."""
     cursor = json.loads(context.cursor) if context.cursor else {}
     last = cursor.get("probe_requested_at")
-    if busy or (last is not None and 0 <= now - last < PROBE_SPACING_S):
+    if last is not None and 0 <= now - last < PROBE_SPACING_S:
         return SkipReason("circuit half-open: waiting for the probe run")
     return SensorResult(
         run_requests=[RunRequest(partition_key=idle[0])],

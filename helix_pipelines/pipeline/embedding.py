@@ -151,7 +151,8 @@ def _embed_one_chunk(engine: Engine, embedder: _ChunkEmbedder, job_id) -> bool:
 
 def release_parked(engine: Engine, breaker: CircuitBreaker) -> int:
     """Parked pairs back to pending when the breaker says the API is healthy again (it closed
-    after having been open since they were parked, or the parked back-off passed)."""
+    after having been open since they were parked, or a probe is due, or the parked back-off
+    passed: core.circuit_breaker.release_due)."""
     checked_at = breaker.release_due()
     if checked_at is None:
         return 0
