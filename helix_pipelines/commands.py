@@ -41,6 +41,10 @@ def register(verbs, *, add_json_flag) -> None:
     rollback.set_defaults(handler=cmd_rollback)
 
     embed = verbs.add_parser("embed", help="embed every pending pair now")
+    embed.add_argument(
+        "--retry-failed", nargs="?", const="", default=None, metavar="JOB",
+        help="first return failed pairs (of JOB, or all) to pending",
+    )  # fmt: skip
     add_json_flag(embed)
     embed.set_defaults(handler=cmd_embed)
 
@@ -177,33 +181,58 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines.cli import CliError, print_json
 
     app = runtime.open_app(settings)
+    blocked = _embeddings_blocked(settings, app.engine)
     if args.job:
         try:
             job = jobs.get_job(app.engine, args.job)
         except jobs.JobNotFound as exc:
             raise CliError(str(exc)) from exc
-        detail = job_summary(app.engine, job.id) | {
-            "source_name": job.source_name,
-            "format": job.format,
-            "attempts": job.attempts,
-            "created_at": job.created_at,
-            "finished_at": job.finished_at,
-            "errors": jobs.row_errors_of(app.engine, job.id, limit=50),
-        }
+        detail = (
+            job_summary(app.engine, job.id)
+            | {"embeddings_blocked": blocked}
+            | {
+                "source_name": job.source_name,
+                "format": job.format,
+                "attempts": job.attempts,
+                "created_at": job.created_at,
+                "finished_at": job.finished_at,
+                "errors": jobs.row_errors_of(app.engine, job.id, limit=50),
+            }
+        )
         if args.json:
             print_json(detail)
         else:
             _print_job_detail(detail)
+            _print_blocked(blocked)
         return 0
     listing = [
-        job_summary(app.engine, j.id) | {"source_name": j.source_name}
+        job_summary(app.engine, j.id)
+        | {"source_name": j.source_name, "embeddings_blocked": blocked}
         for j in jobs.list_jobs(app.engine)
     ]
     if args.json:
         print_json(listing)
     else:
         _print_job_table(listing)
+        _print_blocked(blocked)
     return 0
+
+
+def _embeddings_blocked(settings: Settings, engine) -> dict | None:
+    """{reason, message, retry_in_s} while the embeddings API refuses the account or the
+    setup (quota, key, model, `dimensions`), else None."""
+    from helix_pipelines.pipeline.embedding_setup import setup_from_settings
+
+    return setup_from_settings(settings).blocked(engine)
+
+
+def _print_blocked(blocked: dict | None) -> None:
+    if blocked:
+        print(
+            f"embeddings blocked ({blocked['reason']}): {blocked['message']} -- next try in "
+            f"{blocked['retry_in_s']}s, at once when the configuration changes, or now with "
+            "`helix-pipelines embed`"
+        )
 
 
 def _print_job_table(listing: list[dict]) -> None:
@@ -314,14 +343,19 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines import runtime
     from helix_pipelines.cli import CliError, print_json
     from helix_pipelines.embedding.base import ProviderConfigError
-    from helix_pipelines.embedding.wiring import setup_from_settings
+    from helix_pipelines.pipeline.embedding import retry_failed
+    from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 
     app = runtime.open_app(settings)
+    requeued = 0
+    if args.retry_failed is not None:
+        requeued = retry_failed(app.engine, _job_id_or_all(app.engine, args.retry_failed))
     try:
-        report, circuit_state = setup_from_settings(settings).embed(app.engine)
+        report, circuit_state = setup_from_settings(settings).embed(app.engine, operator=True)
     except ProviderConfigError as exc:
         raise CliError(exc.message) from exc
     result = {
+        "requeued": requeued,
         "embedded": report.embedded,
         "failed": report.failed,
         "pending": report.pending,
@@ -338,9 +372,22 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
             f"embedded {report.embedded}, failed {report.failed}, still pending "
             f"{report.pending} ({report.requests} requests, circuit {result['circuit_state']})"
         )
+        if requeued:
+            print(f"  {requeued} failed pair(s) were returned to pending first")
         if report.stopped_reason:
             print(f"  stopped early: {report.stopped_reason}")
     return 0
+
+
+def _job_id_or_all(engine, job: str):
+    from helix_pipelines.cli import CliError
+
+    if not job:
+        return None
+    try:
+        return jobs.get_job(engine, job).id
+    except jobs.JobNotFound as exc:
+        raise CliError(str(exc)) from exc
 
 
 def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
@@ -348,7 +395,7 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines.cli import CliError, print_json
     from helix_pipelines.db.search import nearest
     from helix_pipelines.embedding.base import EmbeddingError
-    from helix_pipelines.embedding.wiring import setup_from_settings
+    from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 
     app = runtime.open_app(settings)
     provider = setup_from_settings(settings).build_provider()
@@ -376,7 +423,7 @@ def _one_line(text: str, width: int = 160) -> str:
 
 def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines import metrics, runtime
-    from helix_pipelines.embedding.wiring import setup_from_settings
+    from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 
     app = runtime.open_app(settings)
     breaker = setup_from_settings(settings).build_breaker(app.engine)

@@ -18,7 +18,7 @@ from helix_pipelines.defs.sensors import (
     pending_embeddings_sensor,
     stale_imports_sensor,
 )
-from helix_pipelines.embedding.wiring import setup_from_settings
+from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 from helix_pipelines.settings import Settings, load_settings
 
 

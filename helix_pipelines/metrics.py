@@ -106,6 +106,7 @@ class KnowledgeBaseCollector:
         self._stale_after_s = stale_after_s
 
     def collect(self):
+        from helix_pipelines.db.embeddings import count_parked
         from helix_pipelines.db.stats import (
             embedding_status_counts,
             job_status_counts,
@@ -116,7 +117,9 @@ class KnowledgeBaseCollector:
             jobs = job_status_counts(self._engine)
             live, stalled = processing_imports(self._engine, self._stale_after_s)
             embeddings = embedding_status_counts(self._engine)
-            circuit = self._breaker_snapshot()["state"]
+            snapshot = self._breaker_snapshot()
+            circuit = snapshot["state"]
+            parked = count_parked(self._engine)
         except Exception as exc:  # noqa: BLE001 - a scrape must answer even when the DB is down
             log.warning("metrics: the database is unavailable: %s", exc)
             up = GaugeMetricFamily("helix_database_up", "1 when the database answered.")
@@ -138,6 +141,24 @@ class KnowledgeBaseCollector:
         yield _gauge("helix_circuit_breaker_state",
                      "Embeddings API circuit: 0 closed, 1 half-open, 2 open.",
                      [([], CIRCUIT_STATES.get(circuit, 2))])  # fmt: skip
+        yield _blocked_gauge(snapshot.get("blocked"))
+        yield _gauge("helix_embeddings_parked",
+                     "Failed pairs whose attempts ran out on transient errors; they return to "
+                     "pending once the API is healthy again.", [([], parked)])  # fmt: skip
+
+
+def _blocked_gauge(blocked: dict | None):
+    """1 for the reason embeddings are blocked (quota, auth, model, dimensions), 0 for the
+    others: alert on max(helix_embeddings_blocked) == 1."""
+    from helix_pipelines.core.errors import Blocker
+
+    current = blocked["reason"] if blocked else None
+    return _gauge(
+        "helix_embeddings_blocked",
+        "1 while the embeddings API refuses the account or the setup, by reason.",
+        [([reason.value], int(reason.value == current)) for reason in Blocker],
+        ["reason"],
+    )
 
 
 def _gauge(name, documentation, samples, labels=()):

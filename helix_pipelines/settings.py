@@ -37,6 +37,25 @@ class Settings(BaseSettings):
     embed_timeout_s: float = Field(30.0, gt=0, validation_alias="HELIX_EMBED_TIMEOUT_S")
     embed_max_attempts: int = Field(5, ge=1, validation_alias="HELIX_EMBED_MAX_ATTEMPTS")
     embed_truncate_long_inputs: bool = Field(True, validation_alias="HELIX_EMBED_TRUNCATE")
+    embed_send_dimensions: bool = Field(
+        True,
+        validation_alias="HELIX_EMBED_SEND_DIMENSIONS",
+        description="false for servers that reject the `dimensions` parameter",
+    )
+    embed_blocked_retry_s: float = Field(
+        3600.0,
+        ge=0,
+        validation_alias="HELIX_EMBED_BLOCKED_RETRY_S",
+        description="after a refused key, unknown model or exhausted quota, how long until a "
+        "probe when the configuration has not changed",
+    )
+    embed_parked_retry_s: float = Field(
+        900.0,
+        ge=0,
+        validation_alias="HELIX_EMBED_PARKED_RETRY_S",
+        description="how long pairs whose attempts ran out on transient errors wait before "
+        "another round when the API shows no recovery",
+    )
     coverage_error_threshold: float = Field(
         0.99, ge=0, le=1, validation_alias="HELIX_COVERAGE_THRESHOLD"
     )

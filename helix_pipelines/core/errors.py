@@ -9,6 +9,12 @@ Everything is duck-typed, so this module imports neither sqlalchemy, psycopg nor
 - HTTP APIs by ``status_code`` (or ``response.status_code``) and by exception class names;
 - network-level builtins (TimeoutError, ConnectionError, OSError).
 
+Some API refusals are about the deployment, not the request: an exhausted quota (429 with code
+``insufficient_quota``), a refused key (401, 403), an unknown model (404), a server that rejects
+the ``dimensions`` parameter (400). `blocker` names them; they are terminal for the request and
+decide before anything else (a rate-limit class's ``transient`` flag included), so that waiting
+never spends anything on them.
+
 Unknown errors are terminal: retrying what we cannot name burns the retry budget and hides
 bugs, while the failures known to pass are listed here. Dagster's RetryPolicy still re-runs a
 failed step, which resumes from its checkpoint.
@@ -23,6 +29,18 @@ from enum import StrEnum
 class ErrorKind(StrEnum):
     TRANSIENT = "transient"
     TERMINAL = "terminal"
+
+
+class Blocker(StrEnum):
+    """Why no request can succeed until the configuration or the account changes."""
+
+    QUOTA = "quota"  # 429 insufficient_quota: out of credit
+    AUTH = "auth"  # 401, 403: the key is refused or lacks access
+    MODEL = "model"  # 404: unknown model (or URL)
+    DIMENSIONS = "dimensions"  # 400 about the `dimensions` parameter
+
+
+AUTH_STATUSES = frozenset({401, 403})
 
 
 STATEMENT_TIMEOUT = "57014"
@@ -93,6 +111,8 @@ TERMINAL_BUILTINS = (ValueError, TypeError, KeyError, IndexError, AttributeError
 
 
 def classify(exc: BaseException) -> ErrorKind:
+    if blocker(exc) is not None:
+        return ErrorKind.TERMINAL
     for link in _chain(exc):
         verdict = _verdict(link)
         if verdict is not None:
@@ -102,6 +122,50 @@ def classify(exc: BaseException) -> ErrorKind:
 
 def is_transient(exc: BaseException) -> bool:
     return classify(exc) is ErrorKind.TRANSIENT
+
+
+def blocker(exc: BaseException) -> Blocker | None:
+    """The deployment-wide refusal this error is, if any (see Blocker)."""
+    for link in _chain(exc):
+        found = _blocker_of(link)
+        if found is not None:
+            return found
+    return None
+
+
+def _blocker_of(exc: BaseException) -> Blocker | None:
+    explicit = getattr(exc, "blocker", None)
+    if isinstance(explicit, Blocker):
+        return explicit
+    status = _status_code(exc)
+    if status == 429 and _api_field(exc, "code") == "insufficient_quota":
+        return Blocker.QUOTA
+    if status in AUTH_STATUSES:
+        return Blocker.AUTH
+    if status == 404:
+        return Blocker.MODEL
+    if status == 400 and _about_dimensions(exc):
+        return Blocker.DIMENSIONS
+    return None
+
+
+def _api_field(exc: BaseException, name: str) -> str | None:
+    """`code`/`param` as the openai client exposes them, or from its error body."""
+    value = getattr(exc, name, None)
+    if value is None and isinstance(getattr(exc, "body", None), dict):
+        value = exc.body.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _about_dimensions(exc: BaseException) -> bool:
+    """OpenAI says "This model does not support specifying dimensions." with no param; other
+    servers name the param. An input's own text is never echoed with param `dimensions`."""
+    if _api_field(exc, "param") == "dimensions":
+        return True
+    if _api_field(exc, "param") not in (None, ""):
+        return False
+    message = getattr(exc, "message", None) or str(exc)
+    return "dimensions" in message.lower()
 
 
 def is_statement_timeout(exc: BaseException) -> bool:
@@ -174,8 +238,6 @@ def _by_status(exc: BaseException) -> ErrorKind | None:
     code = _status_code(exc)
     if code is None:
         return None
-    if code == 429 and getattr(exc, "code", None) == "insufficient_quota":
-        return ErrorKind.TERMINAL  # OpenAI's "out of credit" 429 does not pass by waiting
     return _kind(code in TRANSIENT_HTTP_STATUSES or code >= 500)
 
 

@@ -1,17 +1,26 @@
-"""Claiming pairs to embed and writing their vectors back in bulk."""
+"""Claiming pairs to embed and writing their vectors back in bulk.
+
+A `failed` pair is one of two kinds, told apart by its embedding_error:
+- the API refused the input itself (HTTP 400 for that input, or too long to send): the API's
+  message, as it came; it stays failed until an operator re-queues it (`requeue_failed`);
+- parked: its attempts ran out on transient errors (429, 5xx, timeouts, dropped connections):
+  PARKED_PREFIX then the last error; `requeue_parked` returns these to pending once the API is
+  healthy again (pipeline.embedding.release_parked decides when).
+"""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
+import numpy as np
 import sqlalchemy as sa
 from pgvector.psycopg import register_vector
 from sqlalchemy.engine import Connection, Engine
 
-if TYPE_CHECKING:
-    from helix_pipelines.pipeline.embedding import ChunkOutcome
+PARKED_PREFIX = "retries_exhausted: "
+# Statuses of an import whose pairs must not be claimed by a new embedding run.
+NOT_EMBEDDABLE_JOB_STATUSES = ("rolling_back", "rolled_back")
 
 
 @dataclass(frozen=True)
@@ -35,10 +44,27 @@ def claim_pending(conn: Connection, job_id: uuid.UUID | None, limit: int) -> lis
     return [ClaimedPair(*row) for row in rows]
 
 
+@dataclass
+class ChunkOutcome:
+    """What embedding a claimed chunk came to, by pair id: the input of write_results."""
+
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)
+    truncated: set[int] = field(default_factory=set)
+    failed: dict[int, str] = field(default_factory=dict)  # the input itself is bad
+    retry_later: dict[int, str] = field(default_factory=dict)  # transient, retries exhausted
+
+    def merge(self, other: ChunkOutcome) -> None:
+        self.vectors.update(other.vectors)
+        self.failed.update(other.failed)
+        self.retry_later.update(other.retry_later)
+
+
 def write_results(conn: Connection, outcome: ChunkOutcome, *, model: str, max_attempts: int):
+    """Vectors, bad inputs and transient failures of one chunk; returns how many pairs were
+    parked (their attempts ran out)."""
     _write_vectors(conn, outcome, model)
-    _write_failures(conn, outcome.failed, terminal=True, max_attempts=max_attempts)
-    _write_failures(conn, outcome.retry_later, terminal=False, max_attempts=max_attempts)
+    _write_invalid(conn, outcome.failed)
+    return _write_transient(conn, outcome.retry_later, max_attempts)
 
 
 def _write_vectors(conn: Connection, outcome: ChunkOutcome, model: str) -> None:
@@ -71,23 +97,63 @@ def _write_vectors(conn: Connection, outcome: ChunkOutcome, model: str) -> None:
     )
 
 
-def _write_failures(conn: Connection, errors: dict[int, str], *, terminal: bool, max_attempts):
-    """A bad input fails at once; a transient failure counts an attempt and fails the pair only
-    once its attempts are used up."""
+def _write_invalid(conn: Connection, errors: dict[int, str]) -> None:
+    """A bad input fails at once, with the API's message."""
     if not errors:
         return
-    status = (
-        "'failed'"
-        if terminal
-        else "CASE WHEN embedding_attempts + 1 >= :max THEN 'failed' ELSE 'pending' END"
-    )
     conn.execute(
         sa.text(
-            f"UPDATE qa_pair SET embedding_status = {status}, embedding_error = :error, "
+            "UPDATE qa_pair SET embedding_status = 'failed', embedding_error = :error, "
             "embedding_attempts = embedding_attempts + 1 WHERE id = :id"
         ),
-        [{"id": key, "error": message, "max": max_attempts} for key, message in errors.items()],
+        [{"id": key, "error": message} for key, message in errors.items()],
     )
+
+
+def _write_transient(conn: Connection, errors: dict[int, str], max_attempts: int) -> int:
+    """A transient failure counts an attempt; the pair is parked once its attempts are used."""
+    if not errors:
+        return 0
+    statuses = conn.scalars(
+        sa.text(
+            "UPDATE qa_pair q SET embedding_attempts = q.embedding_attempts + 1, "
+            "embedding_status = CASE WHEN q.embedding_attempts + 1 >= :max THEN 'failed' "
+            "ELSE 'pending' END, "
+            "embedding_error = CASE WHEN q.embedding_attempts + 1 >= :max "
+            "THEN :prefix || f.error ELSE f.error END "
+            "FROM unnest(CAST(:ids AS bigint[]), CAST(:errors AS text[])) AS f(id, error) "
+            "WHERE q.id = f.id RETURNING q.embedding_status"
+        ),
+        {"ids": list(errors), "errors": list(errors.values()), "max": max_attempts,
+         "prefix": PARKED_PREFIX},
+    ).all()  # fmt: skip
+    return sum(status == "failed" for status in statuses)
+
+
+def requeue_parked(engine: Engine) -> int:
+    """Parked pairs (every import's) back to pending with fresh attempts."""
+    with engine.begin() as conn:
+        return conn.execute(
+            sa.text(
+                "UPDATE qa_pair SET embedding_status = 'pending', embedding_attempts = 0, "
+                "embedding_error = NULL WHERE embedding_status = 'failed' "
+                "AND starts_with(embedding_error, :prefix)"
+            ),
+            {"prefix": PARKED_PREFIX},
+        ).rowcount
+
+
+def requeue_failed(engine: Engine, job_id: uuid.UUID | None = None) -> int:
+    """Every failed pair (of one import, or all) back to pending: the operator's retry."""
+    job_filter = "AND import_job_id = :job" if job_id else ""
+    with engine.begin() as conn:
+        return conn.execute(
+            sa.text(
+                "UPDATE qa_pair SET embedding_status = 'pending', embedding_attempts = 0, "
+                f"embedding_error = NULL WHERE embedding_status = 'failed' {job_filter}"
+            ),
+            {"job": job_id},
+        ).rowcount
 
 
 def reset_other_models(engine: Engine, model: str, job_id: uuid.UUID | None) -> int:
@@ -115,20 +181,32 @@ def count_pending(engine: Engine, job_id: uuid.UUID | None) -> int:
         )
 
 
+def count_parked(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(
+            sa.text(
+                "SELECT count(*) FROM qa_pair WHERE embedding_status = 'failed' "
+                "AND starts_with(embedding_error, :prefix)"
+            ),
+            {"prefix": PARKED_PREFIX},
+        )
+
+
 def partitions_to_embed(engine: Engine, model: str) -> list[str]:
-    """Partition keys of finished imports with pending pairs, or with pairs embedded by another
-    model than the configured one."""
+    """Partition keys of imports with pending pairs, or with pairs embedded by another model
+    than the configured one, oldest first, whatever the import's status (an import that failed
+    or died after committing pairs still has them embedded), unless it is being rolled back."""
     with engine.connect() as conn:
         return list(
             conn.scalars(
                 sa.text(
-                    "SELECT j.partition_key FROM import_job j WHERE j.status IN "
-                    "('completed', 'completed_with_errors') AND EXISTS (SELECT 1 FROM qa_pair q "
+                    "SELECT j.partition_key FROM import_job j "
+                    "WHERE j.status <> ALL(:excluded) AND EXISTS (SELECT 1 FROM qa_pair q "
                     "WHERE q.import_job_id = j.id AND (q.embedding_status = 'pending' OR "
                     "(q.embedding_status = 'completed' AND q.embedding_model <> :model))) "
                     "ORDER BY j.created_at"
                 ),
-                {"model": model},
+                {"model": model, "excluded": list(NOT_EMBEDDABLE_JOB_STATUSES)},
             )
         )
 

@@ -3,6 +3,7 @@
 import contextlib
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -20,14 +21,13 @@ from helix_pipelines import metrics
 from helix_pipelines.core.errors import is_transient
 from helix_pipelines.db import jobs
 from helix_pipelines.db.embeddings import coverage
-from helix_pipelines.db.liveness import Heartbeat
 from helix_pipelines.defs.partitions import import_files
 from helix_pipelines.defs.resources import (
     DatabaseResource,
     EmbeddingResource,
     ImportSettingsResource,
 )
-from helix_pipelines.defs.runs import TERMINAL
+from helix_pipelines.defs.runs import TERMINAL, keep_alive
 from helix_pipelines.embedding.base import ProviderConfigError
 from helix_pipelines.pipeline.embedding import EmbedReport
 from helix_pipelines.pipeline.importing import BatchFailed, ImportReport, import_file
@@ -180,7 +180,7 @@ def qa_embeddings(
                 engine, job_id=job.id, observer=metrics.PrometheusEmbedObserver()
             )
     except ProviderConfigError as exc:
-        raise terminal_failure(exc.message) from exc
+        raise _blocked(context, engine, job.id, embedding, exc) from exc
     if report.stopped_reason:
         context.log.warning(f"stopped early: {report.stopped_reason}")
     return MaterializeResult(
@@ -189,16 +189,19 @@ def qa_embeddings(
     )
 
 
-def keep_alive(context, engine, import_settings: ImportSettingsResource, *, kind: str) -> Heartbeat:
-    """This run's heartbeat while the step works, the evidence recovery reads."""
-    partition_key = context.partition_key if context.has_partition_key else None
-    return Heartbeat(
-        engine,
-        context.run_id,
-        kind=kind,
-        partition_key=partition_key,
-        stale_after_s=import_settings.stale_after_s,
-    )
+def _blocked(context, engine, job_id, embedding: EmbeddingResource, exc) -> Failure:
+    """The checks still report (coverage says why nothing was embedded); the run fails without
+    retries: no retry can succeed until the configuration or the account changes."""
+    for check in embedding_checks(engine, job_id, embedding):
+        context.log_event(
+            AssetCheckEvaluation(
+                asset_key=context.asset_key, check_name=check.check_name, passed=check.passed,
+                metadata=check.metadata, severity=check.severity,
+                partition=context.partition_key,
+            )
+        )  # fmt: skip
+    metadata = {"embeddings_blocked": str(exc.blocker or ""), TERMINAL: True}
+    return Failure(description=exc.message, metadata=metadata, allow_retries=False)
 
 
 def embedding_metadata(report: EmbedReport, circuit_state: str) -> dict:
@@ -215,12 +218,15 @@ def embedding_metadata(report: EmbedReport, circuit_state: str) -> dict:
         "estimated_cost_usd": MetadataValue.float(round(report.cost_usd, 6)),
         "circuit_state": circuit_state,
         "reset_for_model_change": report.reset_for_model,
+        "parked": report.parked,
+        "released_from_parking": report.released,
         "stopped_reason": report.stopped_reason or "",
     }
 
 
 def embedding_checks(engine, job_id, embedding: EmbeddingResource) -> list[AssetCheckResult]:
     cov = coverage(engine, job_id, embedding.dim)
+    blocked = embedding.setup().blocked(engine)
     job = jobs.get_job(engine, job_id)
     accounted = job.pairs_created + job.duplicates_skipped + job.row_errors
     return [
@@ -237,6 +243,8 @@ def embedding_checks(engine, job_id, embedding: EmbeddingResource) -> list[Asset
                 "failed": cov.failed,
                 "commonest_failures": MetadataValue.json(
                     [{"reason": r, "pairs": n} for r, n in cov.top_errors]),
+                "embeddings_blocked": (f"{blocked['reason']}: {blocked['message']}"
+                                       if blocked else ""),
             },
         ),
         AssetCheckResult(

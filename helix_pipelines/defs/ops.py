@@ -10,8 +10,9 @@ from helix_pipelines.defs.resources import (
     EmbeddingResource,
     ImportSettingsResource,
 )
-from helix_pipelines.defs.runs import recover_dead_runs
+from helix_pipelines.defs.runs import keep_alive, recover_dead_runs
 from helix_pipelines.embedding.base import ProviderConfigError
+from helix_pipelines.pipeline.embedding import retry_failed
 
 
 class RecoverConfig(Config):
@@ -62,6 +63,11 @@ class EmbedPendingConfig(Config):
     import_job: str | None = Field(
         default=None, description="An import job id or partition key; empty: every import."
     )
+    retry_failed: bool = Field(
+        default=False,
+        description="First return the failed pairs (of import_job, or of every import) to "
+        "pending, bad inputs included.",
+    )
 
 
 @op(description="Embed pending pairs now, under the shared rate limiter and circuit breaker.")
@@ -70,19 +76,28 @@ def embed_pending_op(
     config: EmbedPendingConfig,
     database: DatabaseResource,
     embedding: EmbeddingResource,
+    import_settings: ImportSettingsResource,
 ) -> None:
     engine = database.get_engine()
     job_id = jobs.get_job(engine, config.import_job).id if config.import_job else None
+    requeued = retry_failed(engine, job_id) if config.retry_failed else 0
     try:
-        report, _ = embedding.setup().embed(
-            engine, job_id=job_id, observer=metrics.PrometheusEmbedObserver()
-        )
+        with keep_alive(context, engine, import_settings, kind="embed"):
+            report, _ = embedding.setup().embed(
+                engine, job_id=job_id, observer=metrics.PrometheusEmbedObserver(), operator=True
+            )
     except ProviderConfigError as exc:
-        raise Failure(description=exc.message, allow_retries=False) from exc
+        raise Failure(
+            description=exc.message,
+            metadata={"embeddings_blocked": str(exc.blocker or ""), "requeued": requeued},
+            allow_retries=False,
+        ) from exc
     context.add_output_metadata(
         {
+            "requeued": requeued,
             "embedded": report.embedded,
             "failed": report.failed,
+            "parked": report.parked,
             "still_pending": report.pending,
             "requests": report.requests,
             "tokens": report.tokens,

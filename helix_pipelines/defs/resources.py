@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from helix_pipelines.core.parsing import ParseOptions
 from helix_pipelines.db.engine import cached_engine, resolve_database_url
 from helix_pipelines.db.migrate import check_embedding_dim
-from helix_pipelines.embedding.wiring import EmbeddingSetup
+from helix_pipelines.pipeline.embedding_setup import EmbeddingSetup
 from helix_pipelines.pipeline.importing import ImportOptions
 from helix_pipelines.pipeline.recovery import RecoveryPolicy
 
@@ -90,6 +90,9 @@ class EmbeddingResource(ConfigurableResource):
 
     breaker_failures: int = 5
     breaker_recovery_s: float = 30.0
+    send_dimensions: bool = True
+    blocked_retry_s: float = 3600.0
+    parked_retry_s: float = 900.0
 
     def setup(self) -> EmbeddingSetup:
         return EmbeddingSetup(**{f.name: getattr(self, f.name) for f in fields(EmbeddingSetup)})

@@ -4,6 +4,7 @@ import time
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+from helix_pipelines.db.liveness import Heartbeat
 from helix_pipelines.pipeline.recovery import RecoveryPolicy, RecoveryReport, RunInFlight, recover
 
 IN_FLIGHT = [
@@ -20,6 +21,18 @@ DEAD_RUN_TAG = "helix/dead_run"
 # Metadata key on a step's Failure: the failure is terminal (retrying cannot help), so the
 # run-failure sensor fails the import at once instead of re-requesting it.
 TERMINAL = "helix/terminal"
+
+
+def keep_alive(context, engine, import_settings, *, kind: str) -> Heartbeat:
+    """This run's heartbeat while the step works, the evidence recovery reads."""
+    partition_key = context.partition_key if context.has_partition_key else None
+    return Heartbeat(
+        engine,
+        context.run_id,
+        kind=kind,
+        partition_key=partition_key,
+        stale_after_s=import_settings.stale_after_s,
+    )
 
 
 def partition_has_run_in_flight(instance: DagsterInstance, partition_key: str) -> bool:

@@ -1,6 +1,7 @@
 """Sensors: the inbox, recovery of stale and pending imports, and failed import runs."""
 
 import json
+import time
 from pathlib import Path
 
 from dagster import (
@@ -29,11 +30,15 @@ from helix_pipelines.defs.runs import (
     partition_has_run_in_flight,
     recover_dead_runs,
 )
+from helix_pipelines.pipeline.embedding import release_parked
+from helix_pipelines.pipeline.embedding_setup import EmbeddingSetup
 from helix_pipelines.pipeline.inbox import CannotTake, look, reject
 from helix_pipelines.pipeline.intake import intake_file
 
 # A pending job younger than this is about to be started by whoever registered it.
 PENDING_GRACE_S = 15.0
+# Half-open: after requesting the probe run, no other run for this long (its queue and start).
+PROBE_SPACING_S = 120.0
 
 
 @sensor(
@@ -198,9 +203,12 @@ def _root_cause(error):
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
     description=(
-        "Requests an embedding run for every finished import with pending pairs (or pairs "
-        "embedded by another model than HELIX_EMBEDDING_MODEL) and no run in flight. While the "
-        "embeddings API's circuit breaker is open it backs off."
+        "Requests an embedding run for every import with pending pairs (or pairs embedded by "
+        "another model than HELIX_EMBEDDING_MODEL) and no run in flight, whatever the import's "
+        "status. Returns parked pairs (attempts used up on transient errors) to pending once the "
+        "API looks healthy again. While the circuit breaker is open it backs off; when it is "
+        "blocked (quota, key, model, `dimensions`) it says why and waits for the configuration "
+        "to change; when half-open it requests a single run, the probe."
     ),
 )
 def pending_embeddings_sensor(
@@ -208,16 +216,48 @@ def pending_embeddings_sensor(
     database: DatabaseResource,
     embedding: EmbeddingResource,
 ):
-    engine = database.get_engine()
-    setup = embedding.setup()
-    circuit = setup.build_breaker(engine).snapshot()
+    return embedding_run_requests(context, database.get_engine(), embedding.setup())
+
+
+def embedding_run_requests(
+    context: SensorEvaluationContext, engine, setup: EmbeddingSetup, clock=time.time
+) -> SensorResult | SkipReason:
+    """The pending-embeddings sensor's decision, on an injectable clock."""
+    breaker = setup.build_breaker(engine, clock)
+    released = release_parked(engine, breaker)
+    if released:
+        context.log.info(f"{released} parked pair(s) returned to pending")
+    circuit = breaker.snapshot()
     if circuit["state"] == "open":
-        return SkipReason(f"circuit open: next probe in {circuit['retry_in_s']:.0f}s")
-    keys = [
-        key
-        for key in partitions_to_embed(engine, setup.provider_model())
-        if not partition_has_run_in_flight(context.instance, key)
-    ]
-    if not keys:
-        return SkipReason("no pending embeddings")
-    return SensorResult(run_requests=[RunRequest(partition_key=key) for key in keys])
+        return SkipReason(_open_circuit_reason(circuit))
+    keys = partitions_to_embed(engine, setup.provider_model())
+    idle = [key for key in keys if not partition_has_run_in_flight(context.instance, key)]
+    if not idle:
+        return SkipReason("no pending embeddings" if not keys else "every run is in flight")
+    if circuit["state"] == "half_open":
+        return _probe_request(context, idle, now=clock())
+    return SensorResult(run_requests=[RunRequest(partition_key=key) for key in idle])
+
+
+def _open_circuit_reason(circuit: dict) -> str:
+    wait = f"next probe in {circuit['retry_in_s']:.0f}s"
+    blocked = circuit["blocked"]
+    if blocked is None:
+        return f"circuit open: {wait}"
+    return (
+        f"embeddings blocked ({blocked['reason']}): {blocked['message']} -- {wait}, or at once "
+        "when the embedding configuration or the API key changes"
+    )
+
+
+def _probe_request(context, idle: list[str], *, now: float):
+    """Half-open: one run, the probe, and none while it may still be on its way (spaced by
+    time, not by run status: a dead run still marked in flight must not hold probes back)."""
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    last = cursor.get("probe_requested_at")
+    if last is not None and 0 <= now - last < PROBE_SPACING_S:
+        return SkipReason("circuit half-open: waiting for the probe run")
+    return SensorResult(
+        run_requests=[RunRequest(partition_key=idle[0])],
+        cursor=json.dumps({"probe_requested_at": now}),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from helix_pipelines.core.errors import Blocker
 from helix_pipelines.embedding.base import (
     EmbeddingError,
     EmbeddingProvider,
@@ -36,6 +37,7 @@ def build_provider(
     api_key: str | None,
     base_url: str | None,
     timeout_s: float,
+    send_dimensions: bool = True,
 ) -> EmbeddingProvider:
     """`openai` (needs api_key) or `local`; ProviderConfigError for anything else."""
     kind = provider.strip().lower()
@@ -45,10 +47,13 @@ def build_provider(
         return LocalProvider(dim=dim)
     if kind == "openai":
         if not api_key:
-            raise ProviderConfigError("the openai provider needs OPENAI_API_KEY")
+            raise ProviderConfigError(
+                "the openai provider needs OPENAI_API_KEY", blocker=Blocker.AUTH
+            )
         from helix_pipelines.embedding.openai_provider import OpenAIProvider  # imports openai
 
         return OpenAIProvider(
-            api_key=api_key, base_url=base_url, model=model, dim=dim, timeout_s=timeout_s
-        )
+            api_key=api_key, base_url=base_url, model=model, dim=dim, timeout_s=timeout_s,
+            send_dimensions=send_dimensions,
+        )  # fmt: skip
     raise ProviderConfigError(f"unknown embedding provider {provider!r}: use 'openai' or 'local'")

@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from helix_pipelines.core.errors import Blocker
+
 
 def embedding_text(question: str, answer: str) -> str:
     """The text embedded for a pair (the design requires it to contain the question)."""
@@ -43,12 +45,14 @@ class EmbeddingError(Exception):
         status_code: int | None = None,
         retry_after_s: float | None = None,
         rate_limit: RateLimitInfo | None = None,
+        blocker: Blocker | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.retry_after_s = retry_after_s
         self.rate_limit = rate_limit
+        self.blocker = blocker  # read by core.errors.blocker
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, status_code={self.status_code})"
@@ -71,7 +75,10 @@ class InvalidInputError(EmbeddingError):
 
 
 class ProviderConfigError(EmbeddingError):
-    """Wrong key, model or URL (401/403/404): nothing in this run can succeed."""
+    """Nothing can succeed until the configuration or the account changes: a refused key
+    (401/403), an unknown model or URL (404), the `dimensions` parameter refused (400), an
+    exhausted quota (429 insufficient_quota). `blocker` says which; no pair's attempts are
+    spent on it, and the circuit breaker holds every run back until the setup changes."""
 
     transient = False
 

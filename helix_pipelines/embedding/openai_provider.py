@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import openai
 
+from helix_pipelines.core.errors import Blocker, blocker
 from helix_pipelines.core.tokens import count_tokens
 from helix_pipelines.embedding.base import (
     EmbeddingError,
@@ -33,7 +34,6 @@ from helix_pipelines.embedding.base import (
 )
 
 _TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
-_CONFIG_STATUSES = frozenset({401, 403, 404})
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 # OpenAI echoes a masked key ("sk-abc***wxyz") in 401 messages: scrub anything key-shaped.
 _KEY_LIKE = re.compile(r"\b(?:sk|pk|rk)-[^\s'\",}]*")
@@ -100,17 +100,30 @@ class OpenAIProvider:
         message = self._scrub(_api_message(exc))
         retry_after = info.retry_after_s if info else None
         kwargs = {"status_code": status, "rate_limit": info, "retry_after_s": retry_after}
+        refusal = blocker(exc)  # core.errors decides, from the client's own exception
+        if refusal is not None:
+            return ProviderConfigError(self._blocked_line(refusal, status, message),
+                                       blocker=refusal, **kwargs)  # fmt: skip
         if status == 429:
             return RateLimitedError(f"rate limited (429): {message}", **kwargs)
         if status in _TRANSIENT_STATUSES or status >= 500:
             return TransientEmbeddingError(f"server error ({status}): {message}", **kwargs)
-        if status in _CONFIG_STATUSES:
-            return ProviderConfigError(
-                f"provider refused the configuration ({status}) for model {self.model!r} at "
-                f"{self._base_url()}: {message}",
-                **kwargs,
-            )
         return InvalidInputError(message, **kwargs)
+
+    def _blocked_line(self, refusal: Blocker, status: int, message: str) -> str:
+        """One line that says what to change."""
+        where = f"model {self.model!r} at {self._base_url()}"
+        advice = {
+            Blocker.QUOTA: "the account is out of quota: add credit or use another OPENAI_API_KEY",
+            Blocker.AUTH: "the key is refused: check OPENAI_API_KEY",
+            Blocker.MODEL: "unknown model or URL: check HELIX_EMBEDDING_MODEL and OPENAI_BASE_URL",
+            Blocker.DIMENSIONS: (
+                "the server rejects the `dimensions` parameter: set "
+                f"HELIX_EMBED_SEND_DIMENSIONS=false with a model whose native width is "
+                f"HELIX_EMBEDDING_DIM={self.dim}"
+            ),
+        }[refusal]
+        return f"{advice} ({status}, {where}): {message}"
 
     def _scrub(self, text: str) -> str:
         if self._secret:

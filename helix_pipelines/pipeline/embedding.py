@@ -5,6 +5,16 @@ Pairs are claimed with `FOR UPDATE SKIP LOCKED` in a transaction that stays open
 chunk is embedded and commits the results: a run killed at any instant releases its claim, and
 its pairs are simply `pending` again. Vectors are matched to pairs by key from claim to write,
 never by position.
+
+What a failure costs a pair:
+- the API refused the input itself (400): the pair fails at once, with the API's message;
+- transient (429, 5xx, timeouts, dropped connections): an attempt; once its attempts are used
+  the pair is parked (`failed`, db.embeddings.PARKED_PREFIX), and `release_parked` returns it to
+  pending when the circuit has closed after having been open since, or after a long back-off;
+- the circuit is open, or our own limiter cannot grant in time: nothing, the pair stays pending;
+- a refusal of the account or configuration (core.errors.Blocker: quota, key, model,
+  `dimensions`): nothing; the circuit is blocked with the reason, the run stops, and the error
+  propagates once the chunk's results are written.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from helix_pipelines.core.errors import is_transient
 from helix_pipelines.core.rate_limit import RateLimiter, RateLimitTimeout
 from helix_pipelines.core.retry import RetryBudget, retrying
 from helix_pipelines.db import embeddings as store
+from helix_pipelines.db.embeddings import ChunkOutcome
 from helix_pipelines.embedding.base import (
     EmbeddingError,
     EmbeddingProvider,
@@ -76,6 +87,8 @@ class EmbedReport:
     circuit_open: bool = False
     stopped_reason: str | None = None
     reset_for_model: int = 0
+    parked: int = 0  # attempts used up on transient errors: failed until released
+    released: int = 0  # parked pairs returned to pending by this run
     usd_per_million_tokens: float = 0.0
 
     def latency_percentile(self, q: float) -> float:
@@ -84,19 +97,6 @@ class EmbedReport:
     @property
     def cost_usd(self) -> float:
         return self.tokens * self.usd_per_million_tokens / 1_000_000
-
-
-@dataclass
-class ChunkOutcome:
-    vectors: dict[int, np.ndarray] = field(default_factory=dict)
-    truncated: set[int] = field(default_factory=set)
-    failed: dict[int, str] = field(default_factory=dict)  # the input itself is bad
-    retry_later: dict[int, str] = field(default_factory=dict)  # transient, retries exhausted
-
-    def merge(self, other: ChunkOutcome) -> None:
-        self.vectors.update(other.vectors)
-        self.failed.update(other.failed)
-        self.retry_later.update(other.retry_later)
 
 
 def embed_pending(
@@ -115,24 +115,55 @@ def embed_pending(
     options = options or EmbedOptions()
     report = EmbedReport(usd_per_million_tokens=options.usd_per_million_tokens)
     report.reset_for_model = store.reset_other_models(engine, provider.model, job_id)
+    report.released = release_parked(engine, breaker)
     embedder = _ChunkEmbedder(
         provider, limiter, breaker, options, report, observer or EmbedObserver(), sleep
     )
-    while report.stopped_reason is None:
-        with engine.begin() as conn:
-            claimed = store.claim_pending(conn, job_id, options.claim_size)
-            if not claimed:
-                break
-            outcome = embedder.embed(claimed)
-            store.write_results(
-                conn, outcome, model=provider.model, max_attempts=options.max_attempts
-            )
-        report.embedded += len(outcome.vectors)
-        report.failed += len(outcome.failed)
-        if outcome.retry_later and report.stopped_reason is None:
-            report.stopped_reason = "some requests kept failing; the rest waits for a later run"
+    while report.stopped_reason is None and _embed_one_chunk(engine, embedder, job_id):
+        pass
+    report.released += release_parked(engine, breaker)
     report.pending = store.count_pending(engine, job_id)
+    if embedder.blocked is not None:
+        raise embedder.blocked
     return report
+
+
+def _embed_one_chunk(engine: Engine, embedder: _ChunkEmbedder, job_id) -> bool:
+    """Claim, embed and write one chunk; False when nothing was left to claim."""
+    report, options = embedder.report, embedder.options
+    with engine.begin() as conn:
+        claimed = store.claim_pending(conn, job_id, options.claim_size)
+        if not claimed:
+            return False
+        outcome = embedder.embed(claimed)
+        parked = store.write_results(
+            conn, outcome, model=embedder.provider.model, max_attempts=options.max_attempts
+        )
+    if parked:
+        embedder.breaker.note_parked()
+    report.embedded += len(outcome.vectors)
+    report.failed += len(outcome.failed) + parked
+    report.parked += parked
+    if outcome.retry_later and report.stopped_reason is None:
+        report.stopped_reason = "some requests kept failing; the rest waits for a later run"
+    return True
+
+
+def release_parked(engine: Engine, breaker: CircuitBreaker) -> int:
+    """Parked pairs back to pending when the breaker says the API is healthy again (it closed
+    after having been open since they were parked, or a probe is due, or the parked back-off
+    passed: core.circuit_breaker.release_due)."""
+    checked_at = breaker.release_due()
+    if checked_at is None:
+        return 0
+    released = store.requeue_parked(engine)
+    breaker.released(checked_at)
+    return released
+
+
+def retry_failed(engine: Engine, job_id: uuid.UUID | None = None) -> int:
+    """The operator's re-queue: every failed pair (of one import, or all) back to pending."""
+    return store.requeue_failed(engine, job_id)
 
 
 class _ChunkEmbedder:
@@ -141,6 +172,7 @@ class _ChunkEmbedder:
         self.options, self.report, self.observer, self.sleep = options, report, observer, sleep
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self.blocked: ProviderConfigError | None = None
 
     def embed(self, claimed: Sequence[store.ClaimedPair]) -> ChunkOutcome:
         outcome = ChunkOutcome()
@@ -172,9 +204,12 @@ class _ChunkEmbedder:
             # never fail a pair); a later run picks them up.
             self._halt("rate limit: the limiter's next grant lies past the batch deadline")
             return ChunkOutcome()
-        except ProviderConfigError:
-            self._halt("the provider refused the configuration")
-            raise
+        except ProviderConfigError as exc:
+            # The account or the configuration, not the pairs: they stay pending, no attempt.
+            self._halt(f"embeddings are blocked: {exc.message}")
+            with self._lock:
+                self.blocked = self.blocked or exc
+            return ChunkOutcome()
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -211,6 +246,11 @@ class _ChunkEmbedder:
             self._record_request("rate_limited", time.monotonic() - started, len(items))
             if exc.retry_after_s:
                 self.limiter.pause_for(exc.retry_after_s)
+            raise
+        except ProviderConfigError as exc:
+            if exc.blocker is not None:
+                self.breaker.block(exc.blocker.value, exc.message)
+            self._record_request("blocked", 0.0, len(items))
             raise
         except InvalidInputError:
             self.breaker.record_success()  # the service answered: it is up

@@ -48,7 +48,7 @@ def test_pure_closed_counts_failures_and_opens_at_the_threshold():
     state = on_failure(state, 11.0, CONFIG)
     assert state["state"] == "closed" and state["consecutive_failures"] == 2
     state = on_failure(state, 12.0, CONFIG)
-    assert state == {
+    assert state == initial_state() | {
         "state": "open",
         "consecutive_failures": 3,
         "opened_at": 12.0,
@@ -128,6 +128,7 @@ def test_successful_probe_closes():
         "consecutive_failures": 0,
         "opened_at": None,
         "retry_in_s": 0.0,
+        "blocked": None,
     }
     breaker.before_call()
 
@@ -173,6 +174,7 @@ def test_snapshot_while_open():
         "consecutive_failures": 3,
         "opened_at": opened_at,
         "retry_in_s": pytest.approx(20.0),
+        "blocked": None,
     }
 
 
@@ -191,3 +193,80 @@ def test_circuit_open_error_is_transient_and_carries_a_retry_after():
 def test_invalid_settings_are_rejected():
     with pytest.raises(ValueError):
         BreakerConfig(failure_threshold=0)
+
+
+# --- blocks: refusals no wait cures ------------------------------------------------------------
+
+
+def blockable(clock, store, fingerprint="setup-a"):
+    return CircuitBreaker(
+        store, failure_threshold=3, recovery_s=30.0, probe_timeout_s=60.0, clock=clock,
+        block_retry_s=3600.0, parked_retry_s=900.0, fingerprint=fingerprint,
+    )  # fmt: skip
+
+
+def test_a_block_holds_calls_back_for_the_long_backoff_with_its_reason():
+    clock, store = FakeClock(), MemoryStateStore()
+    breaker = blockable(clock, store)
+    breaker.block("quota", "out of quota")
+    for elapsed in (0.0, 30.0, 600.0, 3599.0):  # recovery_s alone would have let a probe by
+        clock.now += elapsed - (clock.now - 1_700_000_000.0)
+        snapshot = breaker.snapshot()
+        assert snapshot["state"] == "open"
+        assert snapshot["blocked"] == {"reason": "quota", "message": "out of quota"}
+        with pytest.raises(CircuitOpenError):
+            breaker.before_call()
+    clock.now += 1.0
+    breaker.before_call()  # the long back-off is over: one probe
+    assert breaker.snapshot()["state"] == "half_open"
+    assert breaker.snapshot()["blocked"] is None
+
+
+def test_a_changed_setup_probes_at_once_and_a_success_lifts_the_block():
+    clock, store = FakeClock(), MemoryStateStore()
+    blockable(clock, store, "setup-a").block("auth", "key refused")
+    fixed = blockable(clock, store, "setup-b")
+    assert fixed.snapshot()["state"] == "half_open" and fixed.snapshot()["blocked"] is None
+    fixed.before_call()
+    with pytest.raises(CircuitOpenError):
+        blockable(clock, store, "setup-a").before_call()  # one probe at a time
+    fixed.record_success()
+    assert blockable(clock, store, "setup-a").snapshot()["state"] == "closed"
+
+
+# --- parked pairs: when they may go back to pending ---------------------------------------------
+
+
+def test_parked_pairs_are_released_once_the_circuit_recovered_after_they_were_parked():
+    clock, store = FakeClock(), MemoryStateStore()
+    breaker = blockable(clock, store)
+    breaker.note_parked()
+    assert breaker.release_due() is None  # closed, but nothing says the API got better
+    fail(breaker, 3)
+    assert breaker.release_due() is None  # open
+    clock.now += 30.0
+    assert breaker.release_due() is not None  # half-open: parked pairs may be the probe
+    breaker.before_call()
+    assert breaker.release_due() is None  # a probe is out
+    breaker.record_success()  # closed after having been open
+    checked_at = breaker.release_due()
+    assert checked_at == clock.now
+    breaker.released(checked_at)
+    assert breaker.release_due() is None
+
+
+def test_parked_pairs_are_released_after_the_parked_backoff_without_a_recovery():
+    clock, store = FakeClock(), MemoryStateStore()
+    breaker = blockable(clock, store)
+    breaker.note_parked()
+    clock.now += 899.0
+    assert breaker.release_due() is None
+    clock.now += 1.0
+    checked_at = breaker.release_due()
+    assert checked_at is not None
+    clock.now += 5.0
+    breaker.note_parked()  # parked while the release ran: remembered for the next one
+    breaker.released(checked_at)
+    assert breaker.release_due() is None
+    clock.now += 900.0
+    assert breaker.release_due() is not None

@@ -1,9 +1,19 @@
+import openai
 import psycopg
 import pytest
 import sqlalchemy.exc
 from psycopg import errors as pg
 
-from helix_pipelines.core.errors import ErrorKind, classify, is_statement_timeout, is_transient
+from helix_pipelines.core.errors import (
+    Blocker,
+    ErrorKind,
+    blocker,
+    classify,
+    is_statement_timeout,
+    is_transient,
+)
+from helix_pipelines.embedding.base import EmbeddingError
+from helix_pipelines.embedding.openai_provider import OpenAIProvider
 
 TRANSIENT, TERMINAL = ErrorKind.TRANSIENT, ErrorKind.TERMINAL
 
@@ -19,13 +29,6 @@ class Psycopg2Style(Exception):
     def __init__(self, pgcode):
         super().__init__(f"pgcode {pgcode}")
         self.pgcode = pgcode
-
-
-class StatusError(Exception):
-    def __init__(self, status_code, code=None):
-        super().__init__(f"HTTP {status_code}")
-        self.status_code = status_code
-        self.code = code
 
 
 @pytest.mark.parametrize(
@@ -132,39 +135,6 @@ def test_sqlalchemy_pool_timeout_and_disconnection_are_transient():
 
 
 @pytest.mark.parametrize(
-    "status, kind",
-    [
-        (429, TRANSIENT),
-        (408, TRANSIENT),
-        (409, TRANSIENT),
-        (500, TRANSIENT),
-        (502, TRANSIENT),
-        (503, TRANSIENT),
-        (400, TERMINAL),
-        (401, TERMINAL),
-        (403, TERMINAL),
-        (404, TERMINAL),
-        (422, TERMINAL),
-    ],
-)
-def test_http_status_codes(status, kind):
-    assert classify(StatusError(status)) is kind
-
-
-def test_status_code_on_the_response_is_read_too():
-    class Response:
-        status_code = 503
-
-    error = Exception("boom")
-    error.response = Response()
-    assert is_transient(error)
-
-
-def test_quota_exhaustion_429_is_terminal():
-    assert classify(StatusError(429, code="insufficient_quota")) is TERMINAL
-
-
-@pytest.mark.parametrize(
     "class_name", ["APITimeoutError", "APIConnectionError", "RemoteProtocolError", "ReadTimeout"]
 )
 def test_client_network_errors_by_class_name(class_name):
@@ -219,3 +189,95 @@ def test_cyclic_chains_terminate():
     first, second = RuntimeError("a"), RuntimeError("b")
     first.__context__, second.__context__ = second, first
     assert classify(first) is TERMINAL
+
+
+# -- HTTP APIs: the exceptions the real openai client raises from the fake server's answers ----
+
+
+def api_error(fake, fault: str | None = None, *, model="m", dimensions=None, **client):
+    """What `openai` raises for one embeddings request the fake server answers with `fault`."""
+    if fault:
+        fake.script(fault)
+    options = {"api_key": fake.api_key, "base_url": fake.base_url, "timeout": 2.0} | client
+    extra = {"dimensions": dimensions} if dimensions else {}
+    with openai.OpenAI(max_retries=0, **options) as api:
+        try:
+            api.embeddings.create(input=["question"], model=model, **extra)
+        except openai.OpenAIError as exc:
+            return exc
+    raise AssertionError("the request succeeded")
+
+
+@pytest.mark.parametrize(
+    "fault", ["429_retry_after", "429_retry_after_ms", "429_bare", "500", "503", "drop"]
+)
+def test_rate_limits_server_errors_and_dropped_connections_are_transient(fake_openai, fault):
+    error = api_error(fake_openai, fault)
+    assert classify(error) is TRANSIENT
+    assert blocker(error) is None
+
+
+def test_a_timeout_is_transient(fake_openai):
+    error = api_error(fake_openai, "hang", timeout=0.3)
+    assert isinstance(error, openai.APITimeoutError)
+    assert classify(error) is TRANSIENT
+
+
+def test_an_invalid_input_is_terminal_and_blocks_nothing(fake_openai):
+    fake_openai.set_poison("question")
+    error = api_error(fake_openai)
+    assert (error.status_code, classify(error), blocker(error)) == (400, TERMINAL, None)
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "expected"),
+    [
+        ("429_quota", 429, Blocker.QUOTA),
+        ("401", 401, Blocker.AUTH),
+        ("403", 403, Blocker.AUTH),
+        ("404_model", 404, Blocker.MODEL),
+    ],
+)
+def test_refusals_of_the_account_or_configuration_block(fake_openai, fault, status, expected):
+    error = api_error(fake_openai, fault)
+    assert error.status_code == status
+    assert blocker(error) is expected
+    assert classify(error) is TERMINAL  # the 429 quota rule decides before the status class
+
+
+def test_a_wrong_key_and_an_unknown_url_block(fake_openai):
+    wrong_key = api_error(fake_openai, api_key="sk-wrong")
+    wrong_url = api_error(fake_openai, base_url=fake_openai.base_url + "/nope")
+    assert (wrong_key.status_code, blocker(wrong_key)) == (401, Blocker.AUTH)
+    assert (wrong_url.status_code, blocker(wrong_url)) == (404, Blocker.MODEL)
+
+
+def test_a_server_that_rejects_dimensions_blocks(fake_openai):
+    fake_openai.set_reject_dimensions()
+    error = api_error(fake_openai, dimensions=8)
+    assert (error.status_code, blocker(error), classify(error)) == (
+        400, Blocker.DIMENSIONS, TERMINAL,
+    )  # fmt: skip
+
+
+def test_the_provider_keeps_the_verdict_of_the_client_error(fake_openai):
+    """OpenAIProvider raises its own errors (without the client's, whose request holds the key):
+    they carry the same verdict."""
+    provider = OpenAIProvider(
+        api_key=fake_openai.api_key, base_url=fake_openai.base_url, model="m", dim=8,
+        timeout_s=2.0,
+    )  # fmt: skip
+    verdicts = {}
+    for fault in ("429_quota", "429_bare", "401", "404_model", "503"):
+        fake_openai.script(fault)
+        with pytest.raises(EmbeddingError) as caught:
+            provider.embed(["question"])
+        verdicts[fault] = (classify(caught.value), blocker(caught.value))
+    provider.close()
+    assert verdicts == {
+        "429_quota": (TERMINAL, Blocker.QUOTA),
+        "429_bare": (TRANSIENT, None),
+        "401": (TERMINAL, Blocker.AUTH),
+        "404_model": (TERMINAL, Blocker.MODEL),
+        "503": (TRANSIENT, None),
+    }

@@ -28,7 +28,7 @@ from helix_pipelines.defs.assets import (
 from helix_pipelines.defs.partitions import import_files
 from helix_pipelines.defs.resources import DatabaseResource, EmbeddingResource
 from helix_pipelines.defs.sensors import pending_embeddings_sensor
-from helix_pipelines.embedding.wiring import BREAKER_NAME
+from helix_pipelines.pipeline.embedding_setup import BREAKER_NAME
 from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM
 from helix_pipelines_tests.support.embed_driver import (
     Embedder,
@@ -200,3 +200,68 @@ def test_a_model_change_re_embeds_through_the_sensor(
     pairs = stored_pairs(engine, job_id)
     assert {(p.status, p.model) for p in pairs} == {("completed", "model-b")}
     assert mismatched_vectors(pairs, DIM) == []
+
+
+def test_a_refused_key_fails_the_run_without_retries_and_the_coverage_check_says_why(
+    engine, instance, database_url, tmp_path, fake_openai
+):
+    job_id, key = insert_job(engine, sample_pairs(5))
+    res = resources(database_url, tmp_path, fake_openai)
+    res["embedding"] = EmbeddingResource(
+        provider="openai", api_key="sk-wrong", base_url=fake_openai.base_url, dim=DIM
+    )
+    instance.add_dynamic_partitions(import_files.name, [key])
+
+    result = materialize(
+        [qa_embeddings], partition_key=key, instance=instance, resources=res, raise_on_error=False
+    )
+
+    assert not result.success
+    assert fake_openai.stats.requests == 1  # no step retry: RetryPolicy would have tried again
+    [coverage] = [
+        entry.dagster_event.event_specific_data
+        for entry in instance.all_logs(result.run_id)
+        if entry.dagster_event is not None
+        and entry.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+        and entry.dagster_event.event_specific_data.check_name == COVERAGE_CHECK
+    ]
+    assert not coverage.passed
+    assert coverage.metadata["embeddings_blocked"].value.startswith("auth: the key is refused")
+    assert coverage.metadata["pending"].value == 5
+    assert {p.attempts for p in stored_pairs(engine, job_id)} == {0}
+
+
+def test_launchpad_retry_failed_and_the_blocked_metric(
+    engine, instance, database_url, tmp_path, fake_openai
+):
+    from prometheus_client import generate_latest
+
+    from helix_pipelines import metrics
+    from helix_pipelines.defs.ops import embed_pending_job
+
+    job_id, key = insert_job(engine, poisoned_pairs(6, bad=2))
+    fake_openai.set_poison(POISON)
+    res = resources(database_url, tmp_path, fake_openai)
+    materialize_embeddings(instance, key, res)
+    assert status_counts(engine, job_id) == {"completed": 4, "failed": 2}
+    fake_openai.set_poison(None)  # say the API now accepts them
+
+    retried = embed_pending_job.execute_in_process(
+        run_config={"ops": {"embed_pending_op": {"config": {"import_job": key,
+                                                            "retry_failed": True}}}},
+        instance=instance, resources=res,
+    )  # fmt: skip
+
+    assert retried.success
+    assert status_counts(engine, job_id) == {"completed": 6}
+    fake_openai.set_fault_rates({"429_quota": 1.0})
+    insert_job(engine, sample_pairs(2, tag="more "))
+    blocked = embed_pending_job.execute_in_process(instance=instance, resources=res,
+                                                   raise_on_error=False)  # fmt: skip
+    assert not blocked.success
+    breaker = res["embedding"].setup().build_breaker(engine)
+    registry = metrics.build_registry(tmp_path, engine, breaker.snapshot)
+    scrape = generate_latest(registry).decode()
+    assert 'helix_embeddings_blocked{reason="quota"} 1.0' in scrape
+    assert 'helix_embeddings_blocked{reason="auth"} 0.0' in scrape
+    assert "helix_embeddings_parked 0.0" in scrape

@@ -252,3 +252,19 @@ def test_rate_limit_headers():
     assert (info.remaining_requests, info.remaining_tokens) == (59, 149984)
     assert (info.reset_requests_s, info.reset_tokens_s) == (1.0, 360.0)
     assert parse_rate_limit_headers({"content-type": "application/json"}) is None
+
+
+def test_a_server_rejecting_dimensions_gets_one_line_naming_the_setting(fake_openai):
+    fake_openai.set_reject_dimensions()
+    width = fake_openai.default_dim
+    options = dict(api_key=fake_openai.api_key, base_url=fake_openai.base_url, model="m",
+                   dim=width, timeout_s=5)  # fmt: skip
+
+    with pytest.raises(ProviderConfigError) as caught:
+        OpenAIProvider(**options).embed(TEXTS)
+    without = OpenAIProvider(**options, send_dimensions=False).embed(TEXTS)
+
+    assert caught.value.blocker == "dimensions"
+    assert "HELIX_EMBED_SEND_DIMENSIONS=false" in caught.value.message
+    assert "\n" not in caught.value.message
+    assert without.vectors.shape == (len(TEXTS), width)

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import sqlalchemy as sa
 from dagster import instance_for_test, materialize
 
+from helix_pipelines.db.embeddings import PARKED_PREFIX
 from helix_pipelines.defs.assets import qa_embeddings
 from helix_pipelines.defs.partitions import import_files
 from helix_pipelines.defs.resources import DatabaseResource, EmbeddingResource
@@ -26,13 +28,17 @@ DIM = TEST_EMBEDDING_DIM
 WRONG_KEY = "sk-wrong-SECRET-0123456789abcdef"
 
 
-def run_embed(settings, fake, api_key: str) -> subprocess.CompletedProcess:
+def run_cli(settings, fake, api_key: str, *args: str) -> subprocess.CompletedProcess:
     env = subprocess_env(
         settings, OPENAI_API_KEY=api_key, OPENAI_BASE_URL=fake.base_url,
         HELIX_EMBEDDING_PROVIDER="openai",
     )  # fmt: skip
-    command = [str(Path(sys.executable).parent / "helix-pipelines"), "embed", "--json"]
+    command = [str(Path(sys.executable).parent / "helix-pipelines"), *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def run_embed(settings, fake, api_key: str, *args: str) -> subprocess.CompletedProcess:
+    return run_cli(settings, fake, api_key, "embed", "--json", *args)
 
 
 def test_embed_command_embeds_every_pending_pair(engine, settings, fake_openai):
@@ -83,3 +89,53 @@ def test_a_refused_key_never_shows_in_dagster_events(engine, database_url, tmp_p
     text = " ".join(str(entry) for entry in logs)
     assert "401" in text
     assert "SECRET" not in text
+
+
+def fail_pairs(engine, job_id, error: str, count: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE qa_pair SET embedding_status = 'failed', embedding_error = :e, "
+                "embedding_attempts = 5 WHERE id IN (SELECT id FROM qa_pair "
+                "WHERE import_job_id = :j AND embedding_status = 'pending' ORDER BY id LIMIT :n)"
+            ),
+            {"e": error, "j": job_id, "n": count},
+        )
+
+
+def test_retry_failed_returns_one_imports_failed_pairs_and_embeds_them(
+    engine, settings, fake_openai
+):
+    job_id, key = insert_job(engine, sample_pairs(6, tag="a "))
+    other_id, _ = insert_job(engine, sample_pairs(2, tag="b "))
+    fail_pairs(engine, job_id, PARKED_PREFIX + "server error (503): down", 3)
+    fail_pairs(engine, job_id, "Invalid value for 'input'", 1)
+    fail_pairs(engine, other_id, "Invalid value for 'input'", 2)
+
+    done = run_embed(settings, fake_openai, fake_openai.api_key, "--retry-failed", key)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["requeued"], result["embedded"], result["failed"]) == (4, 6, 0)
+    assert status_counts(engine, job_id) == {"completed": 6}
+    assert status_counts(engine, other_id) == {"failed": 2}  # not asked for
+    everything = run_embed(settings, fake_openai, fake_openai.api_key, "--retry-failed")
+    assert json.loads(everything.stdout)["requeued"] == 2
+    assert status_counts(engine) == {"completed": 8}
+
+
+def test_status_shows_why_embeddings_are_blocked(engine, settings, fake_openai):
+    insert_job(engine, sample_pairs(3))
+    fake_openai.set_fault_rates({"429_quota": 1.0})
+    assert run_embed(settings, fake_openai, fake_openai.api_key).returncode != 0
+
+    listing = run_cli(settings, fake_openai, fake_openai.api_key, "status", "--json")
+    text = run_cli(settings, fake_openai, fake_openai.api_key, "status")
+    another_key = run_cli(settings, fake_openai, "sk-another", "status", "--json")
+
+    [job] = json.loads(listing.stdout)
+    assert job["embeddings_blocked"]["reason"] == "quota"
+    assert job["embeddings"] == {"completed": 0, "failed": 0, "pending": 3}
+    assert "embeddings blocked (quota)" in text.stdout
+    assert json.loads(another_key.stdout)[0]["embeddings_blocked"] is None  # a new setup
+    assert status_counts(engine) == {"pending": 3}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 
 from helix_pipelines.core.retry import RetryBudget
+from helix_pipelines.db.embeddings import PARKED_PREFIX
+from helix_pipelines.embedding.base import ProviderConfigError
 from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM
 from helix_pipelines_tests.support.embed_driver import (
     Embedder,
@@ -97,7 +99,7 @@ def test_a_poisoned_input_fails_alone_with_the_api_message(engine, fake_openai):
     assert (report.embedded, report.failed, report.pending) == (19, 1, 0)
 
 
-def test_a_pair_past_max_attempts_fails_with_the_last_error(engine, fake_openai):
+def test_a_pair_past_max_attempts_is_parked_with_the_last_error(engine, fake_openai):
     job_id, _ = insert_job(engine, sample_pairs(3))
     fake_openai.set_fault_rates({"500": 1.0})
     embedder = make_embedder(engine, fake_openai, max_attempts=2, batch_size=3)
@@ -109,10 +111,10 @@ def test_a_pair_past_max_attempts_fails_with_the_last_error(engine, fake_openai)
 
     assert first.pending == 3 and first.stopped_reason
     assert {(p.status, p.attempts) for p in after_first} == {("pending", 1)}
-    assert second.failed == 0 and second.pending == 0  # failed by attempts, not by a bad input
+    assert second.parked == 3 and second.pending == 0  # by attempts, not by a bad input
     final = stored_pairs(engine, job_id)
     assert {(p.status, p.attempts) for p in final} == {("failed", 2)}
-    assert all(p.error.startswith("server error (500)") for p in final)
+    assert all(p.error.startswith(PARKED_PREFIX + "server error (500)") for p in final)
 
 
 def test_all_faults_mixed_at_a_quarter_of_requests(engine, fake_openai):
@@ -152,3 +154,78 @@ def test_a_limiter_wait_past_the_deadline_leaves_pairs_pending_without_an_attemp
     assert report.pending == 6 and "rate limit" in report.stopped_reason
     assert {(p.status, p.attempts) for p in stored_pairs(engine, job_id)} == {("pending", 0)}
     assert fake_openai.stats.requests == 0
+
+
+SHORT_RETRY = RetryBudget(attempts=2, initial_s=0.01, max_s=0.01, jitter_s=0, deadline_s=60)
+
+
+def test_429s_for_longer_than_every_attempt_then_healthy_cost_no_pair(engine, fake_openai):
+    job_id, _ = insert_job(engine, sample_pairs(6))
+    fake_openai.set_fault_rates({"429_bare": 1.0})
+    embedder = make_embedder(engine, fake_openai, max_attempts=2, batch_size=6)
+    for _ in range(2):
+        embedder.run(job_id, retry=SHORT_RETRY)
+    parked = stored_pairs(engine, job_id)
+    assert {p.status for p in parked} == {"failed"}
+    assert all(p.error.startswith(PARKED_PREFIX + "rate limited (429)") for p in parked)
+
+    fake_openai.set_fault_rates({})  # healthy again, but nothing has shown it yet
+    assert embedder.run(job_id, retry=FAST_RETRY).released == 0
+    embedder.clock.now_s += embedder.setup.parked_retry_s
+    report = embedder.run(job_id, retry=FAST_RETRY)
+
+    assert (report.released, report.embedded) == (6, 6)
+    assert_all_completed_with_their_own_vectors(engine, job_id, 6)
+
+
+def test_parked_pairs_return_as_soon_as_the_circuit_recovers(engine, fake_openai):
+    """Job A's pairs are parked by 503s and then the circuit opens; as soon as the circuit lets
+    a probe through again, A's pairs are pending again, with fresh attempts."""
+    job_a, _ = insert_job(engine, sample_pairs(4, tag="a "))
+    job_b, _ = insert_job(engine, sample_pairs(4, tag="b "))
+    fake_openai.set_fault_rates({"503": 1.0})
+    embedder = make_embedder(engine, fake_openai, max_attempts=2, batch_size=4,
+                             max_concurrency=1, breaker_failures=4)  # fmt: skip
+    embedder.run(job_a, retry=SHORT_RETRY)
+    embedder.run(job_a, retry=SHORT_RETRY)  # the 4th failure parks A and opens the circuit
+    assert status_counts(engine, job_a) == {"failed": 4}
+    assert embedder.breaker().snapshot()["state"] == "open"
+
+    fake_openai.set_fault_rates({})
+    embedder.clock.now_s += embedder.setup.breaker_recovery_s
+    recovering = embedder.run(job_b, retry=FAST_RETRY)
+
+    assert recovering.embedded == 4 and recovering.released == 4
+    assert status_counts(engine, job_a) == {"pending": 4}
+    assert {p.attempts for p in stored_pairs(engine, job_a)} == {0}
+
+
+@pytest.mark.parametrize(
+    ("refusal", "reason", "says"),
+    [
+        ("429_quota", "quota", "out of quota"),
+        ("401", "auth", "OPENAI_API_KEY"),
+        ("404_model", "model", "HELIX_EMBEDDING_MODEL"),
+        ("dimensions", "dimensions", "HELIX_EMBED_SEND_DIMENSIONS=false"),
+    ],
+)
+def test_a_refusal_of_the_account_or_setup_spends_no_attempt_and_blocks_the_circuit(
+    engine, fake_openai, refusal, reason, says
+):
+    job_id, _ = insert_job(engine, sample_pairs(12))
+    if refusal == "dimensions":
+        fake_openai.set_reject_dimensions()
+    else:
+        fake_openai.set_fault_rates({refusal: 1.0})
+    embedder = make_embedder(engine, fake_openai, max_concurrency=1, batch_size=4)
+
+    with pytest.raises(ProviderConfigError) as caught:
+        embedder.run(job_id, retry=FAST_RETRY)
+
+    assert says in caught.value.message and fake_openai.api_key not in caught.value.message
+    assert fake_openai.stats.requests == 1  # not retried, and the run stopped
+    assert {(p.status, p.attempts) for p in stored_pairs(engine, job_id)} == {("pending", 0)}
+    circuit = embedder.breaker().snapshot()
+    assert circuit["state"] == "open" and circuit["blocked"]["reason"] == reason
+    embedder.clock.now_s += 10 * embedder.setup.breaker_recovery_s
+    assert embedder.breaker().snapshot()["blocked"]["reason"] == reason  # still held back

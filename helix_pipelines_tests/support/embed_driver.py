@@ -25,8 +25,8 @@ from helix_pipelines.core.circuit_breaker import CircuitBreaker
 from helix_pipelines.core.rate_limit import RateLimiter, RateLimits
 from helix_pipelines.db.state_store import PostgresStateStore
 from helix_pipelines.embedding.base import embedding_text
-from helix_pipelines.embedding.wiring import BREAKER_NAME, LIMITER_NAME, EmbeddingSetup
 from helix_pipelines.pipeline.embedding import EmbedReport, embed_pending
+from helix_pipelines.pipeline.embedding_setup import LIMITER_NAME, EmbeddingSetup
 
 MODEL = "text-embedding-3-small"
 
@@ -89,10 +89,7 @@ class Embedder:
         return RateLimiter(limits, store, LIMITER_NAME, clock=self._now)
 
     def breaker(self) -> CircuitBreaker:
-        return CircuitBreaker(
-            PostgresStateStore(self.engine), BREAKER_NAME, self.setup.breaker_failures,
-            self.setup.breaker_recovery_s, clock=self._now,
-        )  # fmt: skip
+        return self.setup.build_breaker(self.engine, clock=self._now)
 
     def run(self, job_id: uuid.UUID | None = None, **option_overrides) -> EmbedReport:
         provider = self.setup.build_provider()

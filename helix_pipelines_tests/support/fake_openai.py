@@ -39,9 +39,26 @@ WINDOW_S = 60.0
 HTTP_FAULTS = frozenset(
     {"429_retry_after", "429_retry_after_ms", "429_bare", "500", "503", "hang", "drop"}
 )
+# Refusals of the account or the configuration, with the bodies OpenAI sends.
+REFUSALS = {
+    "429_quota": (
+        429, "You exceeded your current quota, please check your plan and billing details.",
+        "insufficient_quota", "insufficient_quota",
+    ),
+    "401": (401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    "403": (
+        403, "You are not allowed to sample from this model", "invalid_request_error", None,
+    ),
+    "404_model": (
+        404, "The model `text-embedding-9` does not exist or you do not have access to it.",
+        "invalid_request_error", "model_not_found",
+    ),
+}  # fmt: skip
+# What OpenAI answers when a model does not take the `dimensions` parameter.
+DIMENSIONS_REFUSAL = "This model does not support specifying dimensions."
 # Faults that corrupt (or, for "shuffle", legitimately reorder) an otherwise good response.
 BODY_FAULTS = frozenset({"malformed_json", "short", "shuffle", "wrong_dim", "nan"})
-FAULTS = HTTP_FAULTS | BODY_FAULTS
+FAULTS = HTTP_FAULTS | BODY_FAULTS | frozenset(REFUSALS)
 
 
 @dataclass
@@ -96,6 +113,7 @@ class FakeOpenAI:
         self._rates: dict[str, float] = {}
         self._rng = random.Random(0)
         self._poison: str | None = None
+        self._reject_dimensions = False
         self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -152,6 +170,12 @@ class FakeOpenAI:
         with self._lock:
             self._poison = substring
 
+    def set_reject_dimensions(self, reject: bool = True) -> None:
+        """Refuse with 400, as OpenAI does for older models, any request that sends
+        `dimensions`."""
+        with self._lock:
+            self._reject_dimensions = reject
+
     def set_latency(self, seconds: float) -> None:
         with self._lock:
             self._latency_s = seconds
@@ -198,10 +222,15 @@ class FakeOpenAI:
         if problem:
             return _error(400, problem, "invalid_request_error"), 0, 0
         texts, dim = request["texts"], request["dim"] or self.default_dim
+        if request["dim"] is not None and self._rejects_dimensions():
+            return _error(400, DIMENSIONS_REFUSAL, "invalid_request_error"), 0, 0
         tokens = sum(self.tokens_for(text) for text in texts)
         if poisoned := self._poisoned(texts):
             return poisoned, len(texts), tokens
         fault = self._next_fault()
+        if fault in REFUSALS:
+            status, message, kind, code = REFUSALS[fault]
+            return _error(status, message, kind, code=code, outcome=fault), len(texts), tokens
         if fault in HTTP_FAULTS:
             return self._http_fault(fault), len(texts), tokens
         if limited := self._admit(tokens):
@@ -283,6 +312,10 @@ class FakeOpenAI:
             "x-ratelimit-reset-requests": f"{max(0, round(reset * 1000))}ms",
             "x-ratelimit-reset-tokens": f"{max(0.0, reset):.3f}s",
         }
+
+    def _rejects_dimensions(self) -> bool:
+        with self._lock:
+            return self._reject_dimensions
 
     def _config(self) -> tuple[float, str | None]:
         with self._lock:
@@ -377,9 +410,17 @@ def _vector_bytes(text: str, dim: int) -> bytes:
     return vector.astype("<f4").tobytes()
 
 
-def _error(status: int, message: str, kind: str, param: str | None = None) -> _Reply:
-    error = {"message": message, "type": kind, "param": param, "code": None}
-    return _Reply(status, json.dumps({"error": error}).encode())
+def _error(
+    status: int,
+    message: str,
+    kind: str,
+    param: str | None = None,
+    *,
+    code: str | None = None,
+    outcome: str = "",
+) -> _Reply:
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    return _Reply(status, json.dumps({"error": error}).encode(), outcome=outcome)
 
 
 def _check_faults(faults: Any) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
@@ -10,9 +14,13 @@ from helix_pipelines.core.circuit_breaker import CircuitBreaker
 from helix_pipelines.core.rate_limit import RateLimiter, RateLimits
 from helix_pipelines.db.state_store import PostgresStateStore
 from helix_pipelines.embedding import build_provider
-from helix_pipelines.embedding.base import EmbeddingProvider
+from helix_pipelines.embedding.base import EmbeddingProvider, ProviderConfigError
 from helix_pipelines.embedding.local_provider import LOCAL_MODEL
-from helix_pipelines.pipeline.embedding import EmbedOptions, EmbedReport, embed_pending
+from helix_pipelines.pipeline.embedding import (
+    EmbedOptions,
+    EmbedReport,
+    embed_pending,
+)
 
 LIMITER_NAME = "embeddings_rate"
 BREAKER_NAME = "embeddings_api"
@@ -34,6 +42,9 @@ class EmbeddingSetup:
     truncate: bool
     breaker_failures: int = 5
     breaker_recovery_s: float = 30.0
+    send_dimensions: bool = True
+    blocked_retry_s: float = 3600.0
+    parked_retry_s: float = 900.0
 
     def __repr__(self) -> str:  # never show the key
         return f"EmbeddingSetup(provider={self.provider!r}, model={self.model!r}, dim={self.dim})"
@@ -42,19 +53,31 @@ class EmbeddingSetup:
         """The name recorded in qa_pair.embedding_model: the local provider has its own."""
         return self.model if self.provider == "openai" else LOCAL_MODEL
 
+    def fingerprint(self) -> str:
+        """What a block of the circuit is tied to: provider, model, base URL, dim,
+        send_dimensions and a hash of the key (never the key). A change lifts the block."""
+        key_hash = hashlib.sha256(self.api_key.encode()).hexdigest() if self.api_key else None
+        setup = [self.provider, self.model, self.base_url, self.dim, self.send_dimensions]
+        return hashlib.sha256(json.dumps(setup + [key_hash]).encode()).hexdigest()[:16]
+
     def build_provider(self) -> EmbeddingProvider:
         return build_provider(
             provider=self.provider, model=self.model, dim=self.dim, api_key=self.api_key,
             base_url=self.base_url, timeout_s=self.timeout_s,
+            send_dimensions=self.send_dimensions,
         )  # fmt: skip
 
     def build_limiter(self, engine: Engine) -> RateLimiter:
         return RateLimiter(RateLimits(self.rpm, self.tpm), PostgresStateStore(engine), LIMITER_NAME)
 
-    def build_breaker(self, engine: Engine) -> CircuitBreaker:
+    def build_breaker(
+        self, engine: Engine, clock: Callable[[], float] = time.time
+    ) -> CircuitBreaker:
         return CircuitBreaker(
             PostgresStateStore(engine), BREAKER_NAME,
             failure_threshold=self.breaker_failures, recovery_s=self.breaker_recovery_s,
+            clock=clock, block_retry_s=self.blocked_retry_s, parked_retry_s=self.parked_retry_s,
+            fingerprint=self.fingerprint(),
         )  # fmt: skip
 
     def options(self) -> EmbedOptions:
@@ -65,11 +88,18 @@ class EmbeddingSetup:
             **({"usd_per_million_tokens": 0.0} if self.provider == "local" else {}),
         )  # fmt: skip
 
-    def embed(self, engine: Engine, *, job_id=None, observer=None) -> tuple[EmbedReport, str]:
+    def embed(
+        self, engine: Engine, *, job_id=None, observer=None, operator: bool = False
+    ) -> tuple[EmbedReport, str]:
         """One embedding run of `job_id`'s pending pairs (all when None); returns the report
-        and the circuit state after it. ProviderConfigError propagates."""
-        provider = self.build_provider()
+        and the circuit state after it. ProviderConfigError propagates, and blocks the circuit.
+
+        operator: someone asked for this run (CLI, Launchpad), so a block gives way to one
+        probe: the quota may have been topped up since."""
         breaker = self.build_breaker(engine)
+        if operator:
+            breaker.lift_block()
+        provider = self._provider_or_block(breaker)
         try:
             report = embed_pending(
                 engine, provider, limiter=self.build_limiter(engine), breaker=breaker,
@@ -78,6 +108,21 @@ class EmbeddingSetup:
         finally:
             provider.close()
         return report, breaker.snapshot()["state"]
+
+    def blocked(self, engine: Engine) -> dict | None:
+        """{reason, message, retry_in_s} while a block holds embedding back, else None."""
+        circuit = self.build_breaker(engine).snapshot()
+        if circuit["blocked"] is None:
+            return None
+        return circuit["blocked"] | {"retry_in_s": round(circuit["retry_in_s"])}
+
+    def _provider_or_block(self, breaker: CircuitBreaker) -> EmbeddingProvider:
+        try:
+            return self.build_provider()
+        except ProviderConfigError as exc:
+            if exc.blocker is not None:
+                breaker.block(exc.blocker.value, exc.message)
+            raise
 
 
 def setup_from_settings(settings) -> EmbeddingSetup:
@@ -94,4 +139,7 @@ def setup_from_settings(settings) -> EmbeddingSetup:
         timeout_s=settings.embed_timeout_s,
         max_attempts=settings.embed_max_attempts,
         truncate=settings.embed_truncate_long_inputs,
+        send_dimensions=settings.embed_send_dimensions,
+        blocked_retry_s=settings.embed_blocked_retry_s,
+        parked_retry_s=settings.embed_parked_retry_s,
     )
