@@ -301,3 +301,28 @@ class RateLimiter:
             return new_state, None
 
         self._store.transact(self.name, transition)
+
+
+class NoLimit:
+    """A RateLimiter's interface with no limits: for a provider that calls no API (the local
+    one), where waiting on the deployment's API budget would only slow it down."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.stats = LimiterStats()
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock()
+
+    def try_acquire(self, tokens: int) -> float:
+        return 0.0
+
+    def acquire(self, tokens: int, sleep=time.sleep, deadline: float | None = None) -> float:
+        self.stats.record(0.0)
+        return 0.0
+
+    def pause_for(self, seconds: float) -> None:
+        return None
+
+    def observe(self, *remaining_and_resets) -> None:
+        return None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.circuit_breaker import CircuitBreaker
-from helix_pipelines.core.rate_limit import RateLimiter, RateLimits
+from helix_pipelines.core.rate_limit import NoLimit, RateLimiter, RateLimits
 from helix_pipelines.db.state_store import PostgresStateStore
 from helix_pipelines.embedding import build_provider
 from helix_pipelines.embedding.base import EmbeddingProvider, ProviderConfigError
@@ -67,7 +67,9 @@ class EmbeddingSetup:
             send_dimensions=self.send_dimensions,
         )  # fmt: skip
 
-    def build_limiter(self, engine: Engine) -> RateLimiter:
+    def build_limiter(self, engine: Engine) -> RateLimiter | NoLimit:
+        if self.provider == "local":
+            return NoLimit()  # no API behind it: the deployment's API budget does not apply
         return RateLimiter(RateLimits(self.rpm, self.tpm), PostgresStateStore(engine), LIMITER_NAME)
 
     def build_breaker(
