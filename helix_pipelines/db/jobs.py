@@ -168,7 +168,7 @@ def start_job(engine: Engine, ref: str | uuid.UUID, run_id: str, *, stale_after_
 
 def owner_alive(conn: Connection, job: Job, stale_after_s: float) -> bool:
     """Whether the run that owns `job` still lives: its heartbeat row decides (see
-    core.liveness); a job without one falls back on the age of its own heartbeat."""
+    core.liveness). A run that stopped working on the job released its row: no row, no owner."""
     age = sa.func.extract("epoch", sa.func.now() - run_heartbeat.c.heartbeat_at)
     row = conn.execute(
         sa.select(run_heartbeat, age.label("age")).where(
@@ -176,12 +176,7 @@ def owner_alive(conn: Connection, job: Job, stale_after_s: float) -> bool:
         )
     ).first()
     if row is None:
-        job_age = conn.scalar(
-            sa.select(sa.func.extract("epoch", sa.func.now() - import_job.c.heartbeat_at)).where(
-                import_job.c.id == job.id
-            )
-        )
-        return job_age is not None and float(job_age) < stale_after_s
+        return False
     owner = Owner(row.host, row.pid, row.pid_started, float(row.age))
     return not owner_is_dead(owner, stale_after_s=stale_after_s, this_host=this_process().host)
 
@@ -297,13 +292,6 @@ def find_owned(engine: Engine) -> list[Job]:
     query = sa.select(import_job).where(import_job.c.status.in_(("processing", "rolling_back")))
     with engine.connect() as conn:
         return [Job.from_row(r) for r in conn.execute(query)]
-
-
-def heartbeat_age_s(engine: Engine, job_id: uuid.UUID) -> float | None:
-    age = sa.func.extract("epoch", sa.func.now() - import_job.c.heartbeat_at)
-    with engine.connect() as conn:
-        value = conn.scalar(sa.select(age).where(import_job.c.id == job_id))
-    return None if value is None else float(value)
 
 
 def list_pending(engine: Engine, *, quiet_for_s: float = 0.0) -> list[Job]:

@@ -60,7 +60,7 @@ def qa_pairs(
         report = import_file(
             engine,
             job.id,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             options=import_settings.import_options(job.options),
             on_batch=metrics.record_batch,
         )

@@ -130,7 +130,7 @@ def rollback_import_op(
         result = jobs.rollback_job(
             database.get_engine(),
             config.import_job,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             stale_after_s=import_settings.stale_after_s,
         )
     except (jobs.JobNotFound, jobs.JobBusy) as exc:

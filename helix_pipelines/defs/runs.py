@@ -28,7 +28,7 @@ def keep_alive(context, engine, import_settings, *, kind: str) -> Heartbeat:
     partition_key = context.partition_key if context.has_partition_key else None
     return Heartbeat(
         engine,
-        context.run_id,
+        context.run.run_id,
         kind=kind,
         partition_key=partition_key,
         stale_after_s=import_settings.stale_after_s,

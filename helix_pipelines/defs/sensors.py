@@ -107,9 +107,12 @@ def stale_imports_sensor(
         context.log.error(f"import {job.partition_key}: {job.last_error}")
     for job in report.rollbacks_finished:
         context.log.info(f"rollback of import {job.partition_key} finished after its run died")
+    # Jobs recovered just now are nobody's: no grace for them.
+    candidates = {j.id: j for j in jobs.list_pending(engine, quiet_for_s=PENDING_GRACE_S)}
+    candidates.update({j.id: j for j in report.resumed})
     waiting = [
         job
-        for job in jobs.list_pending(engine, quiet_for_s=PENDING_GRACE_S)
+        for job in candidates.values()
         if not partition_has_run_in_flight(context.instance, job.partition_key)
     ]
     return _import_requests(context, waiting)

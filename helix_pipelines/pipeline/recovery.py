@@ -71,7 +71,7 @@ def recover(
             registry.mark_dead(run.run_id, DEAD_RUN_MESSAGE)
             report.dead_runs.append(run.run_id)
     for job in jobs.find_owned(engine):
-        if not _job_owner_dead(engine, job, judge, policy):
+        if not _job_owner_dead(job, judge):
             continue
         if job.status == "rolling_back":
             result = jobs.rollback_job(engine, job.id, stale_after_s=policy.stale_after_s)
@@ -120,9 +120,7 @@ def _never_started(run: RunInFlight, owners: dict[str, Owner], policy: RecoveryP
     )
 
 
-def _job_owner_dead(engine: Engine, job: jobs.Job, judge: _Judge, policy: RecoveryPolicy) -> bool:
-    if judge.known(job.dagster_run_id):
-        return judge.dead(job.dagster_run_id)
-    # No heartbeat row (work started before heartbeats existed): the job's own heartbeat.
-    age = jobs.heartbeat_age_s(engine, job.id)
-    return age is None or age > policy.stale_after_s
+def _job_owner_dead(job: jobs.Job, judge: _Judge) -> bool:
+    # A run claims its heartbeat in the transaction that takes the job, and releases it when it
+    # stops working on it: a job held by a run without one is held by nobody.
+    return not judge.known(job.dagster_run_id) or judge.dead(job.dagster_run_id)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from dagster import (
     DagsterInstance,
     SensorResult,
@@ -26,7 +27,7 @@ from helix_pipelines.defs.sensors import (
 )
 from helix_pipelines.pipeline.inbox import storage_path
 from helix_pipelines.pipeline.intake import intake_file
-from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM
+from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM, subprocess_env
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]+$")
 CSV = "question,answer\nWhat is Helix?,A knowledge base.\nHow to import?,Drop a file.\n"
@@ -196,14 +197,23 @@ def test_thousands_of_files_cost_bounded_work_per_tick(engine, sensor, inbox, re
 # -- stale imports -----------------------------------------------------------------------------
 
 
-def test_a_stale_import_goes_back_to_pending_and_is_requested(engine, instance, resources, inbox):
+STARTS_AND_DIES = """
+import os, sys
+from helix_pipelines.db import jobs
+from helix_pipelines.db.engine import create_app_engine, with_driver
+engine = create_app_engine(with_driver(os.environ["HELIX_DATABASE_URL"], "psycopg"))
+jobs.start_job(engine, sys.argv[1], "a-run-that-died", stale_after_s=300)
+"""
+
+
+def test_a_dead_runs_import_goes_back_to_pending_and_is_requested(
+    engine, instance, resources, inbox, settings
+):
     job = take_one_file(engine, inbox, resources)
-    jobs.start_job(engine, job.id, "a-run-that-died", stale_after_s=300)
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text("UPDATE import_job SET heartbeat_at = now() - interval '1 hour' WHERE id = :i"),
-            {"i": job.id},
-        )
+    # A real process takes the job and exits: its heartbeat names a process that is gone.
+    subprocess.run([sys.executable, "-c", STARTS_AND_DIES, str(job.id)],
+                   env=subprocess_env(settings), check=True, timeout=60)  # fmt: skip
+    assert jobs.get_job(engine, job.id).status == "processing"
     context = build_sensor_context(instance=instance, resources=resources)
     result = stale_imports_sensor(context)
     assert [r.partition_key for r in result.run_requests] == [job.partition_key]
