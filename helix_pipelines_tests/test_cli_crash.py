@@ -30,7 +30,7 @@ from helix_pipelines_tests.support.db_fixtures import subprocess_env
 from helix_pipelines_tests.support.generate import write_qa_csv
 from helix_pipelines_tests.support.processes import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROWS = 200_000
 

@@ -126,3 +126,19 @@ def test_status_and_rollback_of_an_imported_file(engine, settings, tmp_path):
         "failed": 0,
         "pending": 0,
     }
+
+
+@pytest.mark.slow
+def test_refusals_get_json_too_and_an_unfinished_import_exits_non_zero(engine, settings, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    good = write_qa_csv(tmp_path / "good.csv", 50, seed=8, bad_every=10**9)
+    done = cli(settings, "import", str(empty), str(good.path), str(tmp_path / "missing.csv"),
+               "--json", "--no-embed")  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    refused, summary, missing = json_lines(done)
+    assert set(refused) == {"file", "error"} and refused["file"].endswith("empty.csv")
+    assert "empty" in refused["error"]
+    assert_summary_shape(summary)
+    assert summary["status"] == "completed"
+    assert missing == {"file": str(tmp_path / "missing.csv"), "error": "no such file"}

@@ -140,3 +140,31 @@ def test_search_returns_the_pair_asked_for_first(engine, settings):
         "question", "answer", "category", "import_job_id", "partition_key", "distance",
     }  # fmt: skip
     assert hits[0]["distance"] <= hits[1]["distance"]
+
+
+TAKES_A_JOB_AND_DIES = """
+import os, sys
+from helix_pipelines.db import jobs
+from helix_pipelines.db.engine import create_app_engine, with_driver
+engine = create_app_engine(with_driver(os.environ["HELIX_DATABASE_URL"], "psycopg"))
+jobs.start_job(engine, sys.argv[1], "run-of-a-dead-process", stale_after_s=300)
+"""
+
+
+def test_imports_whose_run_died_are_stalled_not_active(engine, settings, tmp_path):
+    from prometheus_client import generate_latest
+
+    from helix_pipelines import metrics
+    from helix_pipelines.db import jobs
+
+    live_id, _ = insert_job(engine, [("q1", "a1")], status="pending")
+    dead_id, _ = insert_job(engine, [("q2", "a2")], status="pending")
+    jobs.start_job(engine, live_id, "run-of-this-process", stale_after_s=300)
+    subprocess.run([sys.executable, "-c", TAKES_A_JOB_AND_DIES, str(dead_id)],
+                   env=subprocess_env(settings), check=True, timeout=60)  # fmt: skip
+    (tmp_path / "metrics").mkdir()
+    scrape = generate_latest(
+        metrics.build_registry(tmp_path / "metrics", engine, lambda: {"state": "closed"})
+    ).decode()
+    assert _sample_value(scrape, "helix_import_active_jobs") == 1
+    assert _sample_value(scrape, "helix_import_stalled_jobs") == 1

@@ -109,6 +109,7 @@ def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.timeout(1500)
 def test_killed_workers_zombie_runs_and_a_killed_dev_all_end_in_completed_work(
     tmp_path_factory, tmp_path
 ):
