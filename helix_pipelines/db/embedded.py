@@ -71,6 +71,9 @@ class EmbeddedPostgres:
         return its base URL (unix socket, database `postgres`)."""
         self.home.mkdir(parents=True, exist_ok=True)
         with self._locked():
+            # Before anything else: a PostgreSQL 16 server still running from before the
+            # upgrade would otherwise be used as it is.
+            self._refuse_other_major()
             self._register(pid or os.getpid())
             started = False
             if self._running_socket_dir() is None:
@@ -176,10 +179,13 @@ class EmbeddedPostgres:
     def _base_url(self) -> str:
         return self.url(database="postgres")
 
-    def _start(self) -> None:
+    def _refuse_other_major(self) -> None:
         version = self.data_version()
         if version is not None and version != str(PG_MAJOR):
             raise OldDataDirectory(self.pgdata, version)
+
+    def _start(self) -> None:
+        self._refuse_other_major()
         pgserver = _pgserver()
         self.pgdata.mkdir(parents=True, exist_ok=True)
         log.info("starting the embedded PostgreSQL in %s", self.pgdata)
