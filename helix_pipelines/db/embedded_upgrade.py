@@ -82,7 +82,7 @@ def _dump_old_cluster(pgdata: Path, major: int, home: Path) -> dict[str, Path]:
 
 
 def _restore(server: EmbeddedPostgres, dumps: dict[str, Path]) -> None:
-    admin = server.url("postgres", driver="x").replace("postgresql+x", "postgresql")
+    admin = f"postgresql://postgres:@/postgres?host={server._running_socket_dir()}"
     for name, dump in dumps.items():
         if name != "postgres":
             _client("psql", admin, "-c", f'CREATE DATABASE "{name}"')
