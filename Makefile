@@ -30,6 +30,7 @@ bench: install
 	$(BIN)/python bench/parse.py
 	$(BIN)/python bench/import.py
 	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/search.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

