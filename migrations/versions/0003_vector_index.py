@@ -24,7 +24,7 @@ The index is rebuilt from the stored vectors: on a large knowledge base this tak
 a second per few thousand vectors on 2 cores) and holds a write lock on qa_pair meanwhile.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-02
 """
 
@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
