@@ -26,7 +26,11 @@ from helix_pipelines.defs.assets import (
     qa_embeddings,
 )
 from helix_pipelines.defs.partitions import import_files
-from helix_pipelines.defs.resources import DatabaseResource, EmbeddingResource
+from helix_pipelines.defs.resources import (
+    DatabaseResource,
+    EmbeddingResource,
+    ImportSettingsResource,
+)
 from helix_pipelines.defs.sensors import pending_embeddings_sensor
 from helix_pipelines.pipeline.embedding_setup import BREAKER_NAME
 from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM
@@ -58,6 +62,9 @@ def resources(database_url: str, helix_home, fake: FakeOpenAI, **embedding) -> d
         ),
         "embedding": EmbeddingResource(
             provider="openai", api_key=fake.api_key, base_url=fake.base_url, dim=DIM, **embedding
+        ),
+        "import_settings": ImportSettingsResource(
+            inbox_dir=str(helix_home / "inbox"), files_dir=str(helix_home / "files")
         ),
     }
 
