@@ -7,6 +7,8 @@ process started it and nobody else uses it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -21,6 +23,7 @@ from helix_pipelines.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE_S = 30
+PR_SET_PDEATHSIG = 1  # prctl(2)
 SAMPLE_FILE = REPO_ROOT / "examples" / "sample_faq.csv"
 
 
@@ -112,6 +115,15 @@ def _start_metrics_server(env: dict[str, str], port: int) -> subprocess.Popen:
 def _default_signal_handlers() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _terminate_with_parent()
+
+
+def _terminate_with_parent() -> None:
+    """Linux: SIGTERM this child when `helix-pipelines dev` dies, even of a SIGKILL, so a killed
+    dev never leaves a daemon and a webserver running on their own."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _terminate_group(process: subprocess.Popen) -> None:

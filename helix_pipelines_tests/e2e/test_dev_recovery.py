@@ -10,11 +10,13 @@ Nothing is stubbed: runs are found dead only through their heartbeats in Postgre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 import sqlalchemy as sa
 
@@ -105,6 +107,17 @@ def imported(kb: Knowledge, name: str, rows: int) -> bool:
     return bool(job and job.status == "completed" and job.pairs_created == rows)
 
 
+def kill_tree(dev: subprocess.Popen) -> None:
+    """SIGKILL dev and everything it started: dagster dev, daemon, webserver, code server and
+    run workers (the embedded server is not theirs: it lives on for whoever comes next)."""
+    tree = [psutil.Process(dev.pid), *psutil.Process(dev.pid).children(recursive=True)]
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(tree, timeout=30)
+    dev.wait(timeout=30)
+
+
 def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
@@ -144,8 +157,7 @@ def test_killed_workers_zombie_runs_and_a_killed_dev_all_end_in_completed_work(
         drop(home, tmp_path, "last.csv", 30_000, seed=30)
         wait_for(lambda: (j := kb.job("last.csv")) and j.rows_processed >= 5000, 180,
                  "last.csv under way", 0.02)  # fmt: skip
-        os.killpg(dev.pid, signal.SIGKILL)
-        dev.wait(timeout=30)
+        kill_tree(dev)
         dev = start_dev(home, port)
         wait_for(lambda: imported(kb, "last.csv", 30_000), 300, "last.csv after a new dev", 1.0)
         assert kb.rows("SELECT count(*) FROM import_job WHERE status <> 'completed'")[0][0] == 0
