@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from helix_pipelines.core.redact import redact
+
 
 def embedding_text(question: str, answer: str) -> str:
     """The text embedded for a pair (the design requires it to contain the question)."""
@@ -44,6 +46,7 @@ class EmbeddingError(Exception):
         retry_after_s: float | None = None,
         rate_limit: RateLimitInfo | None = None,
     ) -> None:
+        message = redact(message)  # the text reaches embedding_error, logs and metadata
         super().__init__(message)
         self.message = message
         self.status_code = status_code
