@@ -1,6 +1,8 @@
 """A JSON document: an array of objects, or an object holding one such array.
 
 Read incrementally with ijson (the C yajl2 backend) so only one record is in memory at a time.
+Every byte reaches yajl through JsonGuard (json_guard.py), which quotes long numbers and cuts
+containers nested too deep, the two inputs that break yajl or ijson's C code.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from helix_pipelines.core.parsing.base import (
 )
 from helix_pipelines.core.parsing.detect import DECODE_ERRORS, Sniffed
 from helix_pipelines.core.parsing.headers import HeaderProblem
+from helix_pipelines.core.parsing.json_guard import MAX_DEPTH, JsonGuard, holds_marker
 from helix_pipelines.core.parsing.records import (
     PLAN_SAMPLE_RECORDS,
     RecordReader,
@@ -31,23 +34,37 @@ from helix_pipelines.core.parsing.records import (
     plan_from_keys,
 )
 
+_BLOCK_CHARS = 64 * 1024
 _LONE_SURROGATES = re.compile("[\ud800-\udfff]")
+TOO_DEEP_MESSAGE = f"the record is nested more than {MAX_DEPTH} levels deep"
 _JSON_ERRORS = (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError)
 
 
 class _Utf8Transcoder:
-    """Feeds ijson UTF-8 bytes whatever the file's encoding. Undecodable bytes become U+FFFD
-    (yajl would reject the whole document) and ``had_bad_bytes`` is set, so the records holding
-    U+FFFD are reported as invalid_text."""
+    """Feeds ijson guarded UTF-8 bytes whatever the file's encoding. Undecodable bytes become
+    U+FFFD (yajl would reject the whole document) and ``had_bad_bytes`` is set, so the records
+    holding U+FFFD are reported as invalid_text."""
 
     def __init__(self, text: io.TextIOWrapper) -> None:
         self._text = text
         self.had_bad_bytes = False
+        self.guard = JsonGuard()
+        self._done = False
 
     def read(self, size: int = -1) -> bytes:
         if size == 0:  # ijson probes with read(0) to learn whether it gets bytes
             return b""
-        chunk = self._text.read(size if size is not None and size > 0 else -1)
+        size = size if size is not None and size > 0 else _BLOCK_CHARS
+        while not self._done:  # a block inside a skipped container guards to nothing
+            chunk = self._text.read(size)
+            if not chunk:
+                self._done = True
+                return self.guard.finish()
+            if guarded := self.guard.feed(self._utf8(chunk)):
+                return guarded
+        return b""
+
+    def _utf8(self, chunk: str) -> bytes:
         try:
             return chunk.encode("utf-8")
         except UnicodeEncodeError:
@@ -155,6 +172,9 @@ class JsonSource(SourceFile):
         try:
             for source_row, record in enumerate(items, start=1):
                 if source_row <= start_after_row:
+                    continue
+                if stream.guard.cut_deep and holds_marker(record):
+                    yield self.reader.malformed(source_row, TOO_DEEP_MESSAGE, record)
                     continue
                 row = self.reader.read(source_row, record)
                 if stream.had_bad_bytes and type(row) is Pair and _has_replacement(row):
