@@ -6,7 +6,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from helix_pipelines.core.normalize import clean_text, content_hash, has_undecodable_text
+from helix_pipelines.core.normalize import (
+    clean_text,
+    content_hash,
+    has_undecodable_text,
+    printable_excerpt,
+)
 
 MISSING_QUESTION = "missing_question"
 MISSING_ANSWER = "missing_answer"
@@ -141,7 +146,7 @@ def raw_excerpt(raw: object) -> str:
     text = raw() if callable(raw) else raw
     if not isinstance(text, str):
         text = str(text)
-    return excerpt(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+    return printable_excerpt(text, RAW_EXCERPT_CHARS)
 
 
 class ChunkBuilder:

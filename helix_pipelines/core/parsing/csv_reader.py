@@ -82,19 +82,27 @@ class DelimitedSource(SourceFile):
             buffered, encoding=self.encoding, errors=DECODE_ERRORS, newline=""
         )
         csv.field_size_limit(max(self.options.max_field_chars, 1))
+        return self._reader()
+
+    def _reader(self) -> csv.reader:
+        """A csv reader going on from where the stream is (after a line over the limit, whose
+        exception ended the previous reader's line generator)."""
         return csv.reader(
             self._physical_lines(self._stream), delimiter=self.delimiter, skipinitialspace=True
         )
 
     def _physical_lines(self, stream: io.TextIOWrapper) -> Iterator[str]:
         """Lines as the csv module wants them, remembered until their record is complete so a
-        failed record can be skipped cleanly. A line longer than ``line_limit`` is cut (bounded
-        memory); the csv field limit then turns it into a row error."""
+        failed record can be skipped cleanly. A line reaching ``line_limit`` is never given to
+        the csv module (its tail would read as a record of its own): _LineTooLong makes the
+        whole record one row error."""
         readline = stream.readline
         limit = self.line_limit
         pending = self._pending
         while line := readline(limit):
             pending.append(line)
+            if len(line) >= limit and not line.endswith(("\n", "\r")):
+                raise _LineTooLong(f"a line is longer than {limit:,} characters")
             yield line
 
     def _read_plan(self) -> ColumnPlan:
@@ -146,6 +154,8 @@ class DelimitedSource(SourceFile):
             except csv.Error as exc:
                 source_row += 1
                 error = self._skip_broken_record(source_row, exc)
+                if isinstance(exc, _LineTooLong):
+                    reader = self._reader()
                 if source_row > start_after_row:
                     yield error
 
@@ -194,7 +204,9 @@ class DelimitedSource(SourceFile):
             quotes += line.count(QUOTE)
         lines.clear()
         message = str(exc)
-        if "field larger than field limit" in message:
+        if isinstance(exc, _LineTooLong):
+            code, message = TOO_LONG, f"{message}; the record was skipped"
+        elif "field larger than field limit" in message:
             code = TOO_LONG
             message = (
                 f"a field is longer than {self.options.max_field_chars:,} characters; "
@@ -209,6 +221,10 @@ class DelimitedSource(SourceFile):
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+
+class _LineTooLong(csv.Error):
+    """A physical line over the line limit: its whole record becomes one too_long row."""
 
 
 def _cut_line(lines: list[str]) -> bool:
