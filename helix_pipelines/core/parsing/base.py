@@ -31,6 +31,8 @@ class ParseOptions:
     # reader skips to the end of that record (bounded memory even for a stray quote).
     max_field_chars: int = 1_000_000
     max_xlsx_uncompressed_bytes: int = 512 * 1024**2
+    # Shared strings are kept on disk; memory holds 8 bytes per string, so this bounds it.
+    max_xlsx_shared_strings: int = 4_000_000
     column_mapping: Mapping[str, str] | None = None
     chunk_rows: int = 5000
 
