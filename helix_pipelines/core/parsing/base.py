@@ -12,6 +12,7 @@ from helix_pipelines.core.normalize import (
     has_undecodable_text,
     printable_excerpt,
 )
+from helix_pipelines.core.redact import redact
 
 MISSING_QUESTION = "missing_question"
 MISSING_ANSWER = "missing_answer"
@@ -223,7 +224,7 @@ class SourceFile:
         raise NotImplementedError
 
     def unreadable(self, what: str) -> FileUnreadable:
-        return FileUnreadable(f"{self.display_name}: {what}")
+        return FileUnreadable(f"{self.display_name}: {redact(what)}")
 
     def close(self) -> None:
         """Release the underlying file handles; safe to call twice."""

@@ -13,6 +13,7 @@ from typing import BinaryIO
 from charset_normalizer import from_bytes
 
 from helix_pipelines.core.parsing.base import FileUnreadable, ParseOptions
+from helix_pipelines.core.redact import redact
 
 SAMPLE_BYTES = 64 * 1024
 MAX_COMPRESSION_RATIO = 200  # real workbooks stay well under 100 to 1
@@ -82,7 +83,7 @@ class Sniffed:
 
 def sniff(path: Path, display_name: str, options: ParseOptions) -> Sniffed:
     def unreadable(what: str) -> FileUnreadable:
-        return FileUnreadable(f"{display_name}: {what}")
+        return FileUnreadable(f"{display_name}: {redact(what)}")
 
     try:
         size = path.stat().st_size

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from helix_pipelines.core.normalize import printable_excerpt
+from helix_pipelines.core.redact import redact
+
 # Earlier aliases win when several columns match one role (see docs/parsing.md).
 ROLE_ALIASES: dict[str, tuple[str, ...]] = {
     "question": ("question", "q", "query", "prompt", "instruction", "title"),
@@ -13,6 +16,7 @@ ROLE_ALIASES: dict[str, tuple[str, ...]] = {
 }
 REQUIRED_ROLES = ("question", "answer")
 
+SHOWN_NAME_CHARS = 40  # a header name in a message or the summary is cut to this
 # A UTF-8 BOM that survived as a character, or as cp1252/latin-1 mojibake.
 _BOM_LEFTOVERS = ("\ufeff", "\u00ef\u00bb\u00bf")
 
@@ -85,7 +89,9 @@ def plan_columns(header: Sequence[object], mapping: Mapping[str, str] | None = N
     return ColumnPlan(
         indexes=indexes,
         columns={role: names[position] for role, position in indexes.items()},
-        ignored=[name for position, name in enumerate(names) if position not in used and name],
+        ignored=[
+            shown_name(name) for position, name in enumerate(names) if position not in used and name
+        ],
         width=len(names),
         notes=notes,
     )
@@ -135,8 +141,16 @@ def _missing_message(missing: list[str], names: list[str]) -> str:
     return "; ".join(parts) + f"; found columns: {_listing(names)}"
 
 
+def shown_name(name: str) -> str:
+    """A header name as it may appear in a message, log or summary: an unrecognised "header"
+    may be a line of data (a file of environment variables), so it is redacted, escaped and
+    cut to SHOWN_NAME_CHARS."""
+    shown = printable_excerpt(redact(name[: SHOWN_NAME_CHARS * 4]), SHOWN_NAME_CHARS)
+    return shown + "..." if len(name) > SHOWN_NAME_CHARS else shown
+
+
 def _listing(names: list[str]) -> str:
-    shown = ", ".join(repr(name) for name in names[:20])
+    shown = ", ".join(repr(shown_name(name)) for name in names[:20])
     if len(names) > 20:
         shown += f", ... ({len(names)} in all)"
     return shown or "none"
