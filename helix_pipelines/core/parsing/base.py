@@ -77,6 +77,8 @@ class ParseSummary:
     rows_seen: int = 0
     pairs: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
+    # role -> records whose chosen column was empty and another alias column gave the text
+    filled_from_other_columns: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -207,6 +209,7 @@ class SourceFile:
         """
         self.summary.rows_seen = self.summary.pairs = 0
         self.summary.errors_by_code = {}
+        self.summary.filled_from_other_columns.clear()  # readers hold this very dict
         builder = ChunkBuilder(self.summary, self.options.chunk_rows)
         for row in self._rows(start_after_row):
             if type(row) is int:

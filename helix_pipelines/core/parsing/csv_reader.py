@@ -27,7 +27,12 @@ from helix_pipelines.core.parsing.base import (
     raw_excerpt,
 )
 from helix_pipelines.core.parsing.detect import DECODE_ERRORS, Sniffed
-from helix_pipelines.core.parsing.headers import ColumnPlan, HeaderProblem, plan_columns
+from helix_pipelines.core.parsing.headers import (
+    ColumnPlan,
+    HeaderProblem,
+    fill_empty,
+    plan_columns,
+)
 
 DELIMITERS = (",", ";", "\t", "|")
 QUOTE = '"'
@@ -168,10 +173,15 @@ class DelimitedSource(SourceFile):
         if may_have_controls is None:
             spy = self._control_spy
             may_have_controls = spy is None or spy.saw_control
+        question, answer = row[self._question_index], row[self._answer_index]
+        if self.plan.fallbacks and (not question.strip() or not answer.strip()):
+            question, answer = fill_empty(
+                self.plan, question, answer, row.__getitem__, self.summary.filled_from_other_columns
+            )
         result = self._check_texts(
             source_row,
-            row[self._question_index],
-            row[self._answer_index],
+            question,
+            answer,
             row[self._category_index] if self._category_index is not None else None,
             lambda: self.delimiter.join(row),
             may_have_controls,

@@ -113,6 +113,8 @@ class JsonSource(SourceFile):
             ignored_columns=list(ignored),
             notes=list(plan_notes),
         )
+        if self.reader is not None:
+            self.reader.filled = self.summary.filled_from_other_columns
 
     def _sample_records(self) -> list[object]:
         """The first records, to choose the columns. A document damaged further on still gets

@@ -53,6 +53,7 @@ class JsonLinesSource(SourceFile):
             ignored_columns=list(plan.ignored),
             notes=list(plan.notes),
         )
+        self.reader.filled = self.summary.filled_from_other_columns
 
     def _lines(self) -> Iterator[tuple[str, bool]]:
         """(line, complete) per physical line; an over-long line is read in pieces and only

@@ -26,7 +26,12 @@ from helix_pipelines.core.parsing.base import (
     RowError,
     SourceFile,
 )
-from helix_pipelines.core.parsing.headers import ColumnPlan, HeaderProblem, plan_columns
+from helix_pipelines.core.parsing.headers import (
+    ColumnPlan,
+    HeaderProblem,
+    fill_empty,
+    plan_columns,
+)
 from helix_pipelines.core.parsing.values import to_text
 from helix_pipelines.core.parsing.xlsx_strings import SharedStringsTooMany, load_workbook
 
@@ -147,6 +152,14 @@ class WorkbookSource(SourceFile):
             values = (*values, *(None,) * (needed - len(values)))
         question = _cell_text(values[self.plan.question_index])
         answer = _cell_text(values[self.plan.answer_index])
+        if self.plan.fallbacks and not (question and answer):
+            question, answer = fill_empty(
+                self.plan,
+                question,
+                answer,
+                lambda position: _cell_text(values[position]) if position < len(values) else "",
+                self.summary.filled_from_other_columns,
+            )
         if not question.strip() and not answer.strip() and not any(map(_cell_text, values)):
             return source_row
         category = _cell_text(values[category_index]) if category_index is not None else None
