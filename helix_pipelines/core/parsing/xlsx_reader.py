@@ -10,6 +10,7 @@ them) reads as empty.
 
 from __future__ import annotations
 
+import struct
 import warnings
 import zipfile
 import zlib
@@ -47,6 +48,10 @@ _BROKEN_WORKBOOK = (
     TypeError,
     EOFError,
     OSError,
+    struct.error,
+    zipfile.LargeZipFile,
+    NotImplementedError,  # zipfile: a compression method it does not support
+    RuntimeError,  # zipfile: a member flagged as encrypted
 )
 
 
