@@ -4,8 +4,8 @@
 What is hidden, whatever the text around it:
 
 - the userinfo of a URL (``scheme://user:secret@host``): everything between ``://`` and the
-  *last* ``@`` of the URL, so a password holding ``@`` leaves no fragment; the user name before
-  the first ``:`` is kept (``postgresql://app:***@db/helix``);
+  *last* ``@`` (or ``%40``) before the query, so a password holding ``@`` leaves no
+  fragment; the user name before the first ``:`` is kept (``postgresql://app:***@db/helix``);
 - password-like query parameters and ``key=value`` settings (``?password=``, ``&token=``,
   ``api_key=``, ``PGPASSWORD=``, ``"secret": "..."``);
 - API keys shaped like OpenAI's (``sk-...``) and bearer or basic credentials.
@@ -19,9 +19,12 @@ import re
 
 MASK = "***"
 _SECRET_WORDS = r"(?:pass(?:word|wd)?|pwd|secret|token|api[_-]?key|apikey|auth|credentials?|sig)"
-# scheme://userinfo@rest: the userinfo runs to the last '@' before the query, the fragment,
-# white space or a quote (an unencoded '/' or '@' in a password is hidden too).
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^\s?#'\"<>]*)@")
+# scheme://userinfo@rest: the userinfo runs to the last '@' (or '%40', as a URL library writes
+# an '@' it took for part of the path) before the query, the fragment, white space or a quote,
+# so an unencoded '/' or '@' in a password is hidden too.
+_URL_USERINFO = re.compile(
+    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<info>[^\s?#'\"<>]*)(?:@|%40)"
+)
 _QUERY_SECRET = re.compile(
     rf"(?P<lead>[?&;])(?P<key>[\w.-]*{_SECRET_WORDS}[\w.-]*)=(?P<value>[^&#\s'\"]*)", re.I
 )

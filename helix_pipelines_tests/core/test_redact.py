@@ -16,6 +16,7 @@ LEAKY = [
     f'{{"api_key": "{API_KEY}", "password": "{PASSWORD}"}}',
     f"error 401 for key {API_KEY}",
     f"dsn host=db password={PASSWORD} user=app",
+    "postgresql+psycopg://app:p@ss@pw/w0rd:x%40db/helix",  # as SQLAlchemy renders it
 ]
 
 
