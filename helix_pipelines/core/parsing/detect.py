@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,18 @@ _MAGIC = (
     (b"Rar!", "a RAR archive"),
     (b"\x7fELF", "an executable"),
     (b"SQLite format 3", "an SQLite database"),
+)
+# What zipfile raises on a damaged archive: besides BadZipFile, a version or compression method
+# it does not support (NotImplementedError), a member flagged as encrypted (RuntimeError).
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    ValueError,
+    EOFError,
+    struct.error,
+    NotImplementedError,
+    RuntimeError,
 )
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 # Single-byte codecs the detector cannot tell from cp1252 on Western text; cp1252 wins ties.
@@ -127,7 +140,7 @@ def check_workbook_zip(path: Path, options: ParseOptions, unreadable) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except ZIP_ERRORS as exc:
         raise unreadable(f"not a supported file: a damaged zip archive ({exc})") from exc
     names = {member.filename for member in members}
     if "[Content_Types].xml" not in names or "xl/workbook.xml" not in names:

@@ -10,9 +10,7 @@ them) reads as empty.
 
 from __future__ import annotations
 
-import struct
 import warnings
-import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from helix_pipelines.core.parsing.base import (
     RowError,
     SourceFile,
 )
+from helix_pipelines.core.parsing.detect import ZIP_ERRORS
 from helix_pipelines.core.parsing.headers import (
     ColumnPlan,
     HeaderProblem,
@@ -38,20 +37,13 @@ from helix_pipelines.core.parsing.xlsx_strings import SharedStringsTooMany, load
 
 HEADER_SEARCH_ROWS = 10  # a title row or two above the header is common in spreadsheets
 _BROKEN_WORKBOOK = (
-    zipfile.BadZipFile,
+    *ZIP_ERRORS,
     zlib.error,
     ParseError,
     InvalidFileException,
     KeyError,
     IndexError,
-    ValueError,
     TypeError,
-    EOFError,
-    OSError,
-    struct.error,
-    zipfile.LargeZipFile,
-    NotImplementedError,  # zipfile: a compression method it does not support
-    RuntimeError,  # zipfile: a member flagged as encrypted
 )
 
 
