@@ -118,6 +118,15 @@ def test_an_over_long_physical_line_is_one_row_error(child, tmp_path):
     assert codes_of(answer) == {2: "too_long"}
 
 
+def test_a_json_string_over_the_limit_is_one_row_error(child, tmp_path):
+    path = tmp_path / "long.json"
+    long_value = "x" * 3_000_000
+    path.write_text(json.dumps([good(1), {"question": "q2", "answer": long_value}, good(3)]))
+    answer = survived(child.parse(path, keep_pairs=False, max_field_chars=100_000))
+    assert answer["pair_count"] == 2
+    assert codes_of(answer) == {2: "too_long"}
+
+
 def _good_rows(count: int):
     yield ("question", "answer")
     for n in range(count):

@@ -22,6 +22,8 @@ import re
 LONG_NUMBER = 16  # characters: shorter numbers are exact as 64-bit integers and floats
 MAX_DEPTH = 64  # levels of arrays/objects from the document's root
 TOO_DEEP_MARKER = "\u0000helix:nested-too-deep"
+TOO_LONG_MARKER = "\u0000helix:cut-too-long"
+_TOO_LONG_SUFFIX = b"\\u0000helix:cut-too-long"
 _MARKER_BYTES = b'"\\u0000helix:nested-too-deep"'
 
 _NUMBER_CHARS = rb"[-+0-9.eE]"
@@ -43,8 +45,12 @@ _TRAILING_NUMBER = re.compile(_NUMBER_CHARS + rb"+\Z")
 class JsonGuard:
     """Feed blocks with ``feed``, then ``finish``; each returns the rewritten bytes."""
 
-    def __init__(self, max_depth: int = MAX_DEPTH) -> None:
+    def __init__(self, max_depth: int = MAX_DEPTH, max_string_bytes: int = 4_000_000) -> None:
         self.max_depth = max_depth
+        self.max_string_bytes = max_string_bytes
+        self.string_bytes = 0  # of the string being read
+        self.string_cut = False  # the string being read is over max_string_bytes
+        self.cut_long = False  # some string was cut: its text ends with TOO_LONG_MARKER
         self.depth = 0
         self.skip_from: int | None = None  # depth at which a too-deep container began
         self.in_string = False
@@ -114,13 +120,32 @@ class JsonGuard:
 
     def _string(self, data: bytes, position: int, out: list[bytes]) -> int:
         end = _STRING_BODY.match(data, position).end()
-        if end < len(data) and data[end] == ord('"'):
-            self._emit(out, data[position : end + 1])
-            self.in_string = False
+        closed = end < len(data) and data[end] == ord('"')
+        if not closed:  # keep an unfinished escape or character for the next block
+            end = position + _complete_end(data[position:end])
+        self._string_piece(data[position:end], out)
+        if closed:
+            if self.string_cut:
+                self._emit(out, _TOO_LONG_SUFFIX)
+            self._emit(out, b'"')
+            self.in_string = self.string_cut = False
+            self.string_bytes = 0
             return end + 1
-        self._emit(out, data[position:end])
-        self.carry = data[end:]  # a lone backslash whose escaped byte is in the next block
+        self.carry = data[end:]  # at most 5 bytes: an unfinished escape or character
         return len(data)
+
+    def _string_piece(self, piece: bytes, out: list[bytes]) -> None:
+        """Emit string content up to max_string_bytes; past it, cut at a character and escape
+        boundary and drop the rest (its end gets TOO_LONG_MARKER)."""
+        if self.string_cut:
+            return
+        allowed = self.max_string_bytes - self.string_bytes
+        if len(piece) <= allowed:
+            self.string_bytes += len(piece)
+            self._emit(out, piece)
+            return
+        self._emit(out, piece[: _complete_end(piece[: max(allowed, 0)])])
+        self.string_cut = self.cut_long = True
 
     def _open(self, token: bytes, out: list[bytes]) -> None:
         self.depth += 1
@@ -147,15 +172,39 @@ class JsonGuard:
         return end
 
 
-def holds_marker(value: object) -> bool:
-    """True when a decoded value holds TOO_DEEP_MARKER (only ever MAX_DEPTH levels down)."""
+def holds_marker(value: object, marker: str = TOO_DEEP_MARKER) -> bool:
+    """True when a decoded value holds a string ending with ``marker`` (the guard keeps values
+    at most MAX_DEPTH levels deep, so the recursion is bounded)."""
     if isinstance(value, str):
-        return value == TOO_DEEP_MARKER
+        return value.endswith(marker)
     if isinstance(value, dict):
-        return any(map(holds_marker, value.values()))
+        return any(holds_marker(item, marker) for item in value.values())
     if isinstance(value, list):
-        return any(map(holds_marker, value))
+        return any(holds_marker(item, marker) for item in value)
     return False
+
+
+def _complete_end(buf: bytes) -> int:
+    """The largest end such that ``buf[:end]`` ends neither inside an escape (``\\X``,
+    ``\\uXXXX``) nor inside a UTF-8 character."""
+    end = len(buf)
+    last = buf.rfind(b"\\", max(end - 6, 0), end)
+    if last != -1:
+        run_start = last
+        while run_start > 0 and buf[run_start - 1] == 0x5C:
+            run_start -= 1
+        if (last - run_start) % 2 == 0:  # an odd run: the last backslash opens an escape
+            needed = 6 if buf[last + 1 : last + 2] == b"u" else 2
+            if end - last < needed:
+                end = last
+    lead = end - 1
+    while lead >= max(end - 4, 0) and buf[lead] & 0xC0 == 0x80:
+        lead -= 1
+    if lead >= 0 and buf[lead] >= 0xC0:
+        size = 2 if buf[lead] < 0xE0 else 3 if buf[lead] < 0xF0 else 4
+        if lead + size > end:
+            end = lead
+    return end
 
 
 def too_deep(text: str, max_depth: int = MAX_DEPTH) -> bool:

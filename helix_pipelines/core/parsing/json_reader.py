@@ -17,6 +17,7 @@ import ijson
 
 from helix_pipelines.core.parsing.base import (
     INVALID_TEXT,
+    TOO_LONG,
     Pair,
     ParseOptions,
     ParseSummary,
@@ -26,10 +27,16 @@ from helix_pipelines.core.parsing.base import (
 )
 from helix_pipelines.core.parsing.detect import DECODE_ERRORS, Sniffed
 from helix_pipelines.core.parsing.headers import HeaderProblem
-from helix_pipelines.core.parsing.json_guard import MAX_DEPTH, JsonGuard, holds_marker
+from helix_pipelines.core.parsing.json_guard import (
+    MAX_DEPTH,
+    TOO_LONG_MARKER,
+    JsonGuard,
+    holds_marker,
+)
 from helix_pipelines.core.parsing.records import (
     PLAN_SAMPLE_RECORDS,
     RecordReader,
+    dump,
     keys_of,
     plan_from_keys,
 )
@@ -45,10 +52,10 @@ class _Utf8Transcoder:
     U+FFFD (yajl would reject the whole document) and ``had_bad_bytes`` is set, so the records
     holding U+FFFD are reported as invalid_text."""
 
-    def __init__(self, text: io.TextIOWrapper) -> None:
+    def __init__(self, text: io.TextIOWrapper, max_string_bytes: int) -> None:
         self._text = text
         self.had_bad_bytes = False
-        self.guard = JsonGuard()
+        self.guard = JsonGuard(max_string_bytes=max_string_bytes)
         self._done = False
 
     def read(self, size: int = -1) -> bytes:
@@ -131,7 +138,9 @@ class JsonSource(SourceFile):
 
     def _open(self) -> _Utf8Transcoder:
         text = io.TextIOWrapper(self.path.open("rb"), encoding=self.encoding, errors=DECODE_ERRORS)
-        stream = _Utf8Transcoder(text)
+        # Strings within one block are never cut, so the limit is at least a block's bytes.
+        limit = max(4 * self.options.max_field_chars, 4 * _BLOCK_CHARS)
+        stream = _Utf8Transcoder(text, limit)
         self._streams.append(stream)
         return stream
 
@@ -178,6 +187,9 @@ class JsonSource(SourceFile):
                 if stream.guard.cut_deep and holds_marker(record):
                     yield self.reader.malformed(source_row, TOO_DEEP_MESSAGE, record)
                     continue
+                if stream.guard.cut_long and holds_marker(record, TOO_LONG_MARKER):
+                    yield self._too_long(source_row, record)
+                    continue
                 row = self.reader.read(source_row, record)
                 if stream.had_bad_bytes and type(row) is Pair and _has_replacement(row):
                     row = RowError(
@@ -193,6 +205,10 @@ class JsonSource(SourceFile):
             ) from exc
         finally:
             self.close()
+
+    def _too_long(self, source_row: int, record: object) -> RowError:
+        message = f"a value is longer than {self.options.max_field_chars:,} characters"
+        return RowError(source_row, TOO_LONG, message, raw_excerpt(lambda: dump(record)))
 
     def close(self) -> None:
         while self._streams:

@@ -75,11 +75,11 @@ class RecordReader:
             texts["question"],
             texts["answer"],
             texts.get("category"),
-            lambda: _dump(record),
+            lambda: dump(record),
         )
 
     def malformed(self, source_row: int, message: str, raw: object) -> RowError:
-        text = raw if isinstance(raw, str) else _dump(raw)
+        text = raw if isinstance(raw, str) else dump(raw)
         return RowError(source_row, MALFORMED_ROW, message, raw_excerpt(text))
 
     def _text_at(self, record: Mapping, position: int) -> str:
@@ -119,7 +119,8 @@ def _json_kind(python_kind: str) -> str:
     }.get(python_kind, python_kind)
 
 
-def _dump(value: object) -> str:
+def dump(value: object) -> str:
+    """A decoded record as JSON text, for excerpts."""
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
