@@ -9,7 +9,10 @@ stream, outside strings only, before yajl sees it:
 - a number token of ``LONG_NUMBER`` characters or more becomes a JSON string of the same text
   (the value is kept exactly, as text; a float would lose digits anyway);
 - a container opened deeper than ``max_depth`` is replaced, whole, by the string
-  ``TOO_DEEP_MARKER``; the record holding it is reported as one row error.
+  ``TOO_DEEP_MARKER``; the record holding it is reported as one row error;
+- a string longer than ``max_string_bytes`` (crossing a block: shorter ones pass in one regex
+  match) is cut at an escape and character boundary and ends with ``TOO_LONG_MARKER``, so one
+  huge value costs at most that many bytes; its record is one too_long row error.
 
 Strings, escapes and numbers may straddle the blocks read; the state is carried over. Memory is
 bounded by the block size: nothing is kept but a few bytes of state.
