@@ -14,6 +14,7 @@ from typing import BinaryIO
 from charset_normalizer import from_bytes
 
 from helix_pipelines.core.parsing.base import FileUnreadable, ParseOptions
+from helix_pipelines.core.parsing.json_guard import number_or_text, too_deep
 from helix_pipelines.core.redact import redact
 
 SAMPLE_BYTES = 64 * 1024
@@ -277,7 +278,9 @@ def text_format(sample: str, extension: str) -> str:
 def _object_stream_format(text: str, extension: str) -> str:
     first_line, _, rest = text.partition("\n")
     try:
-        record = json.loads(first_line)
+        if too_deep(first_line):  # json.loads would raise RecursionError
+            raise ValueError("nested too deep to sniff")
+        record = json.loads(first_line, parse_int=number_or_text, parse_float=number_or_text)
     except ValueError:  # a pretty-printed object, or not JSON at all
         if extension in _DELIMITED_EXTENSIONS and not first_line.rstrip().endswith(("{", "[")):
             return "delimited"
