@@ -32,6 +32,20 @@ def clean_text(value: str, may_have_controls: bool = True) -> str:
     return value.strip()
 
 
+_ESCAPE_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code not in (9, 10)}
+
+
+def printable_excerpt(text: str, limit: int = 500) -> str:
+    """At most ``limit`` characters of ``text`` that any database column or log can hold:
+    control characters (NUL included) shown as ``\\xNN``, undecodable bytes (lone
+    surrogates) as ``\\udcNN``. Only the head of the text is ever looked at."""
+    head = text[:limit]
+    if not head.isprintable():
+        head = head.translate(_ESCAPE_CONTROLS)
+        head = head.encode("utf-8", "backslashreplace").decode("utf-8")
+    return head[:limit]
+
+
 def has_undecodable_text(value: str) -> bool:
     """True when the value holds lone surrogates: bytes the decoder could not map to characters
     (``surrogateescape``) or a broken ``\\ud800`` escape. PostgreSQL cannot store them."""

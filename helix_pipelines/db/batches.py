@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from helix_pipelines.core.normalize import printable_excerpt
 from helix_pipelines.core.parsing import Pair, RowError
 from helix_pipelines.db.jobs import lock_owned_job, merge_jsonb
 from helix_pipelines.db.schema import import_job
@@ -159,7 +160,10 @@ def _copy_errors(conn: Connection, job_id: uuid.UUID, errors: Sequence[RowError]
     cursor = conn.connection.driver_connection.cursor()
     with cursor.copy(f"COPY import_row_error ({ERROR_COLUMNS}) FROM STDIN") as copy:
         for e in errors:
-            copy.write_row((job_id, e.source_row, e.error_code, e.message, e.raw_excerpt[:500]))
+            excerpt = printable_excerpt(e.raw_excerpt)  # NUL or a lone surrogate breaks COPY
+            copy.write_row(
+                (job_id, e.source_row, e.error_code, printable_excerpt(e.message, 2000), excerpt)
+            )
 
 
 def _advance_checkpoint(

@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
+from helix_pipelines.core.redact import redact as redact_text
 from helix_pipelines.db.embedded import APP_DATABASE, EmbeddedPostgres
 
 
@@ -32,11 +32,11 @@ def with_driver(url: str, driver: str) -> str:
 
 
 def redact(url: str | URL) -> str:
-    """The URL with any password shown as ***: the only form that may reach logs or output."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL must still never leak its secret
-        return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", str(url))
+    """The URL with any credential shown as ***: the only form that may reach logs or output.
+    The one redaction (core.redact) does the work, on the URL as written."""
+    if isinstance(url, URL):
+        url = url.render_as_string(hide_password=False)
+    return redact_text(url)
 
 
 def ensure_database(server_url: str, name: str) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from helix_pipelines.core.liveness import Owner, owner_is_dead, this_process
 from helix_pipelines.core.naming import partition_key_for
+from helix_pipelines.core.redact import redact
 from helix_pipelines.db import liveness
 from helix_pipelines.db.schema import (
     FINISHED_JOB_STATUSES,
@@ -229,14 +230,18 @@ def fail_job(engine: Engine, job_id: uuid.UUID, message: str) -> Job:
     """The file cannot be read at all: nothing is kept, the reason is."""
     with engine.begin() as conn:
         get_job(conn, job_id, lock=True)
-        return _update(conn, job_id, status="failed", last_error=message, finished_at=sa.func.now())
+        return _update(
+            conn, job_id, status="failed", last_error=redact(message), finished_at=sa.func.now()
+        )
 
 
 def note_error(engine: Engine, job_id: uuid.UUID, message: str) -> None:
     """Best effort: the error of an attempt that will be retried."""
     with engine.begin() as conn:
         conn.execute(
-            sa.update(import_job).where(import_job.c.id == job_id).values(last_error=message)
+            sa.update(import_job)
+            .where(import_job.c.id == job_id)
+            .values(last_error=redact(message))
         )
 
 
@@ -264,7 +269,7 @@ def record_run_failure(
             conn,
             job.id,
             attempts=attempts,
-            last_error=message,
+            last_error=redact(message),
             status="failed" if gave_up else "pending",
             dagster_run_id=None,
             finished_at=sa.func.now() if gave_up else None,

@@ -15,6 +15,7 @@ from dagster import (
     sensor,
 )
 
+from helix_pipelines.core.redact import redact
 from helix_pipelines.db import jobs
 from helix_pipelines.db.embeddings import partitions_to_embed
 from helix_pipelines.defs.jobs import embed_job, import_job
@@ -32,7 +33,7 @@ from helix_pipelines.defs.runs import (
 )
 from helix_pipelines.pipeline.embedding import release_parked
 from helix_pipelines.pipeline.embedding_setup import EmbeddingSetup
-from helix_pipelines.pipeline.inbox import CannotTake, look, reject
+from helix_pipelines.pipeline.inbox import CannotTake, Entry, display_name, look, reject
 from helix_pipelines.pipeline.intake import intake_file
 
 # A pending job younger than this is about to be started by whoever registered it.
@@ -60,25 +61,37 @@ def inbox_sensor(
     inbox = Path(import_settings.inbox_dir)
     inbox.mkdir(parents=True, exist_ok=True)
     previous = json.loads(context.cursor) if context.cursor else {}
-    ready, observed = look(inbox, previous, limit=import_settings.inbox_files_per_tick)
+    seen = look(inbox, previous, limit=import_settings.inbox_files_per_tick)
+    for entry, reason in seen.refused:
+        _reject(context, inbox, entry, reason)
     engine = database.get_engine()
     jobs_taken = []
-    for path in ready:
+    for entry in seen.ready:
         try:
             job, created = intake_file(
                 engine,
-                path,
+                entry.path,
                 files_dir=Path(import_settings.files_dir),
                 max_file_bytes=import_settings.max_file_bytes,
                 move=True,
             )
         except (CannotTake, OSError) as exc:
-            where = reject(path, inbox, f"{path.name}: {exc}")
-            context.log.warning(f"rejected {path.name}: {exc} (moved to {where})")
+            _reject(context, inbox, entry, redact(exc))
             continue
         if created or not partition_has_run_in_flight(context.instance, job.partition_key):
             jobs_taken.append(job)
-    return _import_requests(context, jobs_taken, cursor=json.dumps(observed))
+    return _import_requests(context, jobs_taken, cursor=json.dumps(seen.observed))
+
+
+def _reject(context: SensorEvaluationContext, inbox: Path, entry: Entry, reason: str) -> None:
+    """Move one entry to inbox/rejected/; if even that fails, name it in the log and go on:
+    one entry never stops the others."""
+    try:
+        where = reject(entry.path, inbox, f"{entry.name}: {reason}")
+    except OSError as exc:
+        context.log.warning(f"cannot take {entry.name!r}: {reason}; left in place ({exc.strerror})")
+        return
+    context.log.warning(f"rejected {entry.name!r}: {reason} (moved to {display_name(str(where))})")
 
 
 @sensor(

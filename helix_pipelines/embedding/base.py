@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from helix_pipelines.core.errors import Blocker
+from helix_pipelines.core.redact import redact
 
 
 def embedding_text(question: str, answer: str) -> str:
@@ -47,6 +48,7 @@ class EmbeddingError(Exception):
         rate_limit: RateLimitInfo | None = None,
         blocker: Blocker | None = None,
     ) -> None:
+        message = redact(message)  # the text reaches embedding_error, logs and metadata
         super().__init__(message)
         self.message = message
         self.status_code = status_code

@@ -22,6 +22,7 @@ import numpy as np
 import openai
 
 from helix_pipelines.core.errors import Blocker, blocker
+from helix_pipelines.core.redact import redact
 from helix_pipelines.core.tokens import count_tokens
 from helix_pipelines.embedding.base import (
     EmbeddingError,
@@ -128,10 +129,10 @@ class OpenAIProvider:
     def _scrub(self, text: str) -> str:
         if self._secret:
             text = text.replace(self._secret, "***")
-        return _KEY_LIKE.sub("***", text)
+        return redact(_KEY_LIKE.sub("***", text))
 
     def _base_url(self) -> str:
-        return str(self._client.base_url)
+        return redact(str(self._client.base_url))
 
 
 def decode_embeddings(body: Any, count: int, dim: int) -> np.ndarray:

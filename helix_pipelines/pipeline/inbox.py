@@ -3,6 +3,13 @@
 A file is ready once its size and modification time are unchanged between two looks (so a
 slow upload is never read half-written); writers may also upload under a name starting with
 `.` or ending in `.part`/`.tmp` and rename when done. Nothing here knows Dagster.
+
+Only regular files are taken, and never through a link: a file is opened once with
+``O_NOFOLLOW`` (and ``O_NONBLOCK``, so a FIFO cannot hang the opener), checked with ``fstat``,
+and hashed and copied from that same descriptor, so a name swapped for a symlink or a FIFO at
+any moment is never followed. Symlinks, FIFOs, sockets, devices and directories dropped in the
+inbox are moved, unopened, to ``inbox/rejected/`` with a note of why. Names in any byte
+encoding are handled: ``display_name`` is what reaches the database, logs and notes.
 """
 
 from __future__ import annotations
@@ -10,6 +17,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,67 +28,176 @@ from helix_pipelines.core.naming import safe_stem
 
 IN_PROGRESS_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload")
 REJECTED_DIR = "rejected"
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    original_name: str
-    stored_path: Path
-    sha256: str
-    size: int
+STAGING_DIR = ".incoming"
+_BLOCK = 1 << 20
 
 
 class CannotTake(Exception):
     """The file cannot be imported at all; it goes to inbox/rejected/ with this reason."""
 
+    transient = False
 
-def look(inbox: Path, previous: dict[str, list[int]], limit: int) -> tuple[list[Path], dict]:
-    """One look at the inbox. Returns the files ready now (unchanged since `previous`) and the
-    observations to pass next time. At most `limit` candidates are followed, so a directory of
+
+@dataclass(frozen=True)
+class Entry:
+    """One name in the inbox: ``path`` for the file system, ``name`` for people."""
+
+    path: Path
+    name: str
+
+
+@dataclass(frozen=True)
+class Look:
+    ready: list[Entry]  # regular files unchanged since the previous look
+    refused: list[tuple[Entry, str]]  # not regular files, with the reason
+    observed: dict[str, list[int]]  # pass as `previous` next time
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A copy of a taken file in storage's staging area, and what it was copied from."""
+
+    path: Path
+    sha256: str
+    size: int
+    source: os.stat_result
+
+
+def display_name(name: str) -> str:
+    """A file name as valid text: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def look(inbox: Path, previous: dict[str, list[int]], limit: int) -> Look:
+    """One look at the inbox. At most `limit` candidates are followed, so a directory of
     thousands of files costs bounded work per tick; taken files leave and make room."""
     observed: dict[str, list[int]] = {}
-    ready: list[Path] = []
-    for entry in _candidates(inbox, limit):
-        stat = entry.stat()
-        now = [stat.st_size, stat.st_mtime_ns]
+    ready: list[Entry] = []
+    refused: list[tuple[Entry, str]] = []
+    for dir_entry in _candidates(inbox, limit):
+        entry = Entry(Path(dir_entry.path), display_name(dir_entry.name))
+        try:
+            info = dir_entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # gone since the listing
+        if not stat.S_ISREG(info.st_mode):
+            refused.append((entry, f"not a regular file ({kind_of(info.st_mode)}); not opened"))
+            continue
+        now = [info.st_size, info.st_mtime_ns]
         if previous.get(entry.name) == now:
-            ready.append(Path(entry.path))
+            ready.append(entry)
         else:
             observed[entry.name] = now
-    return ready, observed
+    return Look(ready, refused, observed)
+
+
+def kind_of(mode: int) -> str:
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((text for test, text in kinds if test(mode)), "not a regular file")
 
 
 def _candidates(inbox: Path, limit: int) -> list[os.DirEntry]:
     try:
-        entries = [e for e in os.scandir(inbox) if _is_candidate(e)]
+        with os.scandir(inbox) as listing:
+            entries = [e for e in listing if _is_candidate(e)]
     except FileNotFoundError:
         return []
-    entries.sort(key=lambda e: e.name)
+    entries.sort(key=lambda e: os.fsencode(e.name))
     return entries[:limit]
 
 
 def _is_candidate(entry: os.DirEntry) -> bool:
     name = entry.name
-    if name.startswith(".") or name.lower().endswith(IN_PROGRESS_SUFFIXES):
+    if name.startswith(".") or name == REJECTED_DIR:
         return False
-    return entry.is_file(follow_symlinks=False)
+    return not name.lower().endswith(IN_PROGRESS_SUFFIXES)
 
 
-def fingerprint(path: Path, max_bytes: int) -> tuple[str, int]:
-    """(sha256, size) of a file, refusing empty and oversized files."""
-    size = path.stat().st_size
-    if size == 0:
-        raise CannotTake("the file is empty")
-    if size > max_bytes:
-        raise CannotTake(f"the file is {size:,} bytes, over the limit of {max_bytes:,}")
-    digest = hashlib.sha256()
+@contextmanager
+def open_regular(path: Path, *, follow_symlinks: bool) -> Iterator[tuple[int, os.stat_result]]:
+    """(descriptor, fstat) of a regular file; CannotTake for anything else. The inbox never
+    follows links; the CLI does (the operator named the file)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
     try:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
+        fd = os.open(path, flags)
     except OSError as exc:
-        raise CannotTake(f"the file cannot be read: {exc.strerror or exc}") from exc
+        if not follow_symlinks and os.path.islink(path):
+            raise CannotTake("a symbolic link; never followed") from exc
+        raise CannotTake(f"the file cannot be opened: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CannotTake(f"not a regular file ({kind_of(info.st_mode)})")
+        yield fd, info
+    finally:
+        os.close(fd)
+
+
+def stage(fd: int, info: os.stat_result, files_dir: Path, max_bytes: int) -> Staged:
+    """Hash and copy an opened file into files_dir's staging area in one pass, so the stored
+    bytes are exactly the hashed ones even if the file changes meanwhile."""
+    if info.st_size == 0:
+        raise CannotTake("the file is empty")
+    if info.st_size > max_bytes:
+        raise CannotTake(f"the file is {info.st_size:,} bytes, over the limit of {max_bytes:,}")
+    staging = files_dir / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    target = staging / uuid.uuid4().hex
+    try:
+        digest, size = _copy_hashing(fd, target, max_bytes)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    if size == 0:
+        target.unlink(missing_ok=True)
+        raise CannotTake("the file is empty")
+    return Staged(target, digest, size, info)
+
+
+def _copy_hashing(fd: int, target: Path, max_bytes: int) -> tuple[str, int]:
+    digest, size, offset = hashlib.sha256(), 0, 0
+    with open(target, "xb") as out:
+        try:
+            while block := os.pread(fd, _BLOCK, offset):
+                offset += len(block)
+                size += len(block)
+                if size > max_bytes:
+                    raise CannotTake(f"the file grew over the limit of {max_bytes:,} bytes")
+                digest.update(block)
+                out.write(block)
+        except OSError as exc:
+            raise CannotTake(f"the file cannot be read: {exc.strerror or exc}") from exc
     return digest.hexdigest(), size
+
+
+def place(staged: Staged, destination: Path) -> Path:
+    """Move a staged copy to its place in storage (kept if that content is already there)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if destination.exists():
+        staged.path.unlink(missing_ok=True)
+    else:
+        os.replace(staged.path, destination)
+    return destination
+
+
+def remove_taken(path: Path, staged: Staged) -> None:
+    """Remove a taken file from the inbox, only if the name still is the file that was read
+    (not something swapped in since); unlink never follows a link."""
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (now.st_dev, now.st_ino) == (staged.source.st_dev, staged.source.st_ino):
+        path.unlink()
 
 
 def storage_path(files_dir: Path, original_name: str, sha256: str) -> Path:
@@ -93,37 +213,27 @@ def safe_suffix(suffix: str) -> str:
     return cleaned[:10] if cleaned.startswith(".") else ""
 
 
-def store(source: Path, destination: Path, *, move: bool) -> Path:
-    """Move (inbox) or copy (CLI import) a file into storage; atomic on one filesystem."""
+def copy_stored(source: Path, destination: Path) -> Path:
+    """Copy one stored file to another storage place (both ours); atomic."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    if destination.exists():
-        if move:
-            source.unlink()  # the same content is already stored
-        return destination
     temporary = destination.with_name(destination.name + ".incoming")
-    if move:
-        try:
-            os.replace(source, destination)
-            return destination
-        except OSError:
-            shutil.copyfile(source, temporary)
-            os.replace(temporary, destination)
-            source.unlink()
-            return destination
     shutil.copyfile(source, temporary)
     os.replace(temporary, destination)
     return destination
 
 
 def reject(path: Path, inbox: Path, reason: str) -> Path:
-    """Move a file that cannot be taken to inbox/rejected/, with a note of why beside it."""
+    """Move an entry that cannot be taken (never following it) to inbox/rejected/, with a note
+    of why beside it. The note is UTF-8 text whatever bytes the name holds."""
     rejected = inbox / REJECTED_DIR
     rejected.mkdir(parents=True, exist_ok=True)
     target = rejected / path.name
     counter = 1
-    while target.exists():
+    while os.path.lexists(target):
         counter += 1
         target = rejected / f"{path.stem}.{counter}{path.suffix}"
     os.replace(path, target)
-    target.with_name(target.name + ".reason.txt").write_text(reason + "\n", encoding="utf-8")
+    note = target.with_name(target.name + ".reason.txt")
+    with open(note, "w", encoding="utf-8", errors="backslashreplace") as handle:
+        handle.write(reason + "\n")
     return target

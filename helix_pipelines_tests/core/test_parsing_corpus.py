@@ -173,8 +173,8 @@ def test_ambiguity_rule_earlier_alias_wins_and_is_noted(tmp_path):
     assert summary.columns == {"question": "Question", "answer": "answer", "category": "category"}
     assert summary.ignored_columns == ["title", "body", "intent", "extra"]
     assert summary.notes == [
-        "2 question columns: used 'Question', ignored 'title'",
-        "2 answer columns: used 'answer', ignored 'body'",
+        "2 question columns: used 'Question', 'title' fill its empty records",
+        "2 answer columns: used 'answer', 'body' fill its empty records",
         "2 category columns: used 'category', ignored 'intent'",
     ]
     assert (parsed.pairs[0].question, parsed.pairs[0].answer, parsed.pairs[0].category) == (
@@ -187,7 +187,7 @@ def test_ambiguity_rule_earlier_alias_wins_and_is_noted(tmp_path):
 def test_duplicate_header_names_tie_on_column_position(tmp_path):
     parsed = read_all(simple(tmp_path, "q,answer,q\nfirst,a,second\n"))
     assert parsed.pairs[0].question == "first"
-    assert parsed.summary.notes == ["2 question columns: used 'q', ignored 'q'"]
+    assert parsed.summary.notes == ["2 question columns: used 'q', 'q' fill its empty records"]
 
 
 def test_explicit_mapping_overrides_aliases(tmp_path):

@@ -6,7 +6,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from helix_pipelines.core.normalize import clean_text, content_hash, has_undecodable_text
+from helix_pipelines.core.normalize import (
+    clean_text,
+    content_hash,
+    has_undecodable_text,
+    printable_excerpt,
+)
+from helix_pipelines.core.redact import redact
 
 MISSING_QUESTION = "missing_question"
 MISSING_ANSWER = "missing_answer"
@@ -26,6 +32,8 @@ class ParseOptions:
     # reader skips to the end of that record (bounded memory even for a stray quote).
     max_field_chars: int = 1_000_000
     max_xlsx_uncompressed_bytes: int = 512 * 1024**2
+    # Shared strings are kept on disk; memory holds 8 bytes per string, so this bounds it.
+    max_xlsx_shared_strings: int = 4_000_000
     column_mapping: Mapping[str, str] | None = None
     chunk_rows: int = 5000
 
@@ -69,6 +77,8 @@ class ParseSummary:
     rows_seen: int = 0
     pairs: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
+    # role -> records whose chosen column was empty and another alias column gave the text
+    filled_from_other_columns: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -141,7 +151,7 @@ def raw_excerpt(raw: object) -> str:
     text = raw() if callable(raw) else raw
     if not isinstance(text, str):
         text = str(text)
-    return excerpt(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+    return printable_excerpt(text, RAW_EXCERPT_CHARS)
 
 
 class ChunkBuilder:
@@ -199,6 +209,7 @@ class SourceFile:
         """
         self.summary.rows_seen = self.summary.pairs = 0
         self.summary.errors_by_code = {}
+        self.summary.filled_from_other_columns.clear()  # readers hold this very dict
         builder = ChunkBuilder(self.summary, self.options.chunk_rows)
         for row in self._rows(start_after_row):
             if type(row) is int:
@@ -216,7 +227,7 @@ class SourceFile:
         raise NotImplementedError
 
     def unreadable(self, what: str) -> FileUnreadable:
-        return FileUnreadable(f"{self.display_name}: {what}")
+        return FileUnreadable(f"{self.display_name}: {redact(what)}")
 
     def close(self) -> None:
         """Release the underlying file handles; safe to call twice."""

@@ -27,7 +27,12 @@ from helix_pipelines.core.parsing.base import (
     raw_excerpt,
 )
 from helix_pipelines.core.parsing.detect import DECODE_ERRORS, Sniffed
-from helix_pipelines.core.parsing.headers import ColumnPlan, HeaderProblem, plan_columns
+from helix_pipelines.core.parsing.headers import (
+    ColumnPlan,
+    HeaderProblem,
+    fill_empty,
+    plan_columns,
+)
 
 DELIMITERS = (",", ";", "\t", "|")
 QUOTE = '"'
@@ -82,19 +87,27 @@ class DelimitedSource(SourceFile):
             buffered, encoding=self.encoding, errors=DECODE_ERRORS, newline=""
         )
         csv.field_size_limit(max(self.options.max_field_chars, 1))
+        return self._reader()
+
+    def _reader(self) -> csv.reader:
+        """A csv reader going on from where the stream is (after a line over the limit, whose
+        exception ended the previous reader's line generator)."""
         return csv.reader(
             self._physical_lines(self._stream), delimiter=self.delimiter, skipinitialspace=True
         )
 
     def _physical_lines(self, stream: io.TextIOWrapper) -> Iterator[str]:
         """Lines as the csv module wants them, remembered until their record is complete so a
-        failed record can be skipped cleanly. A line longer than ``line_limit`` is cut (bounded
-        memory); the csv field limit then turns it into a row error."""
+        failed record can be skipped cleanly. A line reaching ``line_limit`` is never given to
+        the csv module (its tail would read as a record of its own): _LineTooLong makes the
+        whole record one row error."""
         readline = stream.readline
         limit = self.line_limit
         pending = self._pending
         while line := readline(limit):
             pending.append(line)
+            if len(line) >= limit and not line.endswith(("\n", "\r")):
+                raise _LineTooLong(f"a line is longer than {limit:,} characters")
             yield line
 
     def _read_plan(self) -> ColumnPlan:
@@ -146,6 +159,8 @@ class DelimitedSource(SourceFile):
             except csv.Error as exc:
                 source_row += 1
                 error = self._skip_broken_record(source_row, exc)
+                if isinstance(exc, _LineTooLong):
+                    reader = self._reader()
                 if source_row > start_after_row:
                     yield error
 
@@ -158,10 +173,15 @@ class DelimitedSource(SourceFile):
         if may_have_controls is None:
             spy = self._control_spy
             may_have_controls = spy is None or spy.saw_control
+        question, answer = row[self._question_index], row[self._answer_index]
+        if self.plan.fallbacks and (not question.strip() or not answer.strip()):
+            question, answer = fill_empty(
+                self.plan, question, answer, row.__getitem__, self.summary.filled_from_other_columns
+            )
         result = self._check_texts(
             source_row,
-            row[self._question_index],
-            row[self._answer_index],
+            question,
+            answer,
             row[self._category_index] if self._category_index is not None else None,
             lambda: self.delimiter.join(row),
             may_have_controls,
@@ -194,7 +214,9 @@ class DelimitedSource(SourceFile):
             quotes += line.count(QUOTE)
         lines.clear()
         message = str(exc)
-        if "field larger than field limit" in message:
+        if isinstance(exc, _LineTooLong):
+            code, message = TOO_LONG, f"{message}; the record was skipped"
+        elif "field larger than field limit" in message:
             code = TOO_LONG
             message = (
                 f"a field is longer than {self.options.max_field_chars:,} characters; "
@@ -209,6 +231,10 @@ class DelimitedSource(SourceFile):
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+
+class _LineTooLong(csv.Error):
+    """A physical line over the line limit: its whole record becomes one too_long row."""
 
 
 def _cut_line(lines: list[str]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import BinaryIO
 from charset_normalizer import from_bytes
 
 from helix_pipelines.core.parsing.base import FileUnreadable, ParseOptions
+from helix_pipelines.core.parsing.json_guard import number_or_text, too_deep
+from helix_pipelines.core.redact import redact
 
 SAMPLE_BYTES = 64 * 1024
 MAX_COMPRESSION_RATIO = 200  # real workbooks stay well under 100 to 1
@@ -41,6 +44,18 @@ _MAGIC = (
     (b"Rar!", "a RAR archive"),
     (b"\x7fELF", "an executable"),
     (b"SQLite format 3", "an SQLite database"),
+)
+# What zipfile raises on a damaged archive: besides BadZipFile, a version or compression method
+# it does not support (NotImplementedError), a member flagged as encrypted (RuntimeError).
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    ValueError,
+    EOFError,
+    struct.error,
+    NotImplementedError,
+    RuntimeError,
 )
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 # Single-byte codecs the detector cannot tell from cp1252 on Western text; cp1252 wins ties.
@@ -82,7 +97,7 @@ class Sniffed:
 
 def sniff(path: Path, display_name: str, options: ParseOptions) -> Sniffed:
     def unreadable(what: str) -> FileUnreadable:
-        return FileUnreadable(f"{display_name}: {what}")
+        return FileUnreadable(f"{display_name}: {redact(what)}")
 
     try:
         size = path.stat().st_size
@@ -126,7 +141,7 @@ def check_workbook_zip(path: Path, options: ParseOptions, unreadable) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except ZIP_ERRORS as exc:
         raise unreadable(f"not a supported file: a damaged zip archive ({exc})") from exc
     names = {member.filename for member in members}
     if "[Content_Types].xml" not in names or "xl/workbook.xml" not in names:
@@ -263,7 +278,9 @@ def text_format(sample: str, extension: str) -> str:
 def _object_stream_format(text: str, extension: str) -> str:
     first_line, _, rest = text.partition("\n")
     try:
-        record = json.loads(first_line)
+        if too_deep(first_line):  # json.loads would raise RecursionError
+            raise ValueError("nested too deep to sniff")
+        record = json.loads(first_line, parse_int=number_or_text, parse_float=number_or_text)
     except ValueError:  # a pretty-printed object, or not JSON at all
         if extension in _DELIMITED_EXTENSIONS and not first_line.rstrip().endswith(("{", "[")):
             return "delimited"

@@ -1,6 +1,8 @@
 """A JSON document: an array of objects, or an object holding one such array.
 
 Read incrementally with ijson (the C yajl2 backend) so only one record is in memory at a time.
+Every byte reaches yajl through JsonGuard (json_guard.py), which quotes long numbers and cuts
+containers nested too deep, the two inputs that break yajl or ijson's C code.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ijson
 
 from helix_pipelines.core.parsing.base import (
     INVALID_TEXT,
+    TOO_LONG,
     Pair,
     ParseOptions,
     ParseSummary,
@@ -24,30 +27,51 @@ from helix_pipelines.core.parsing.base import (
 )
 from helix_pipelines.core.parsing.detect import DECODE_ERRORS, Sniffed
 from helix_pipelines.core.parsing.headers import HeaderProblem
+from helix_pipelines.core.parsing.json_guard import (
+    MAX_DEPTH,
+    TOO_LONG_MARKER,
+    JsonGuard,
+    holds_marker,
+)
 from helix_pipelines.core.parsing.records import (
     PLAN_SAMPLE_RECORDS,
     RecordReader,
+    dump,
     keys_of,
     plan_from_keys,
 )
 
+_BLOCK_CHARS = 64 * 1024
 _LONE_SURROGATES = re.compile("[\ud800-\udfff]")
+TOO_DEEP_MESSAGE = f"the record is nested more than {MAX_DEPTH} levels deep"
 _JSON_ERRORS = (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError)
 
 
 class _Utf8Transcoder:
-    """Feeds ijson UTF-8 bytes whatever the file's encoding. Undecodable bytes become U+FFFD
-    (yajl would reject the whole document) and ``had_bad_bytes`` is set, so the records holding
-    U+FFFD are reported as invalid_text."""
+    """Feeds ijson guarded UTF-8 bytes whatever the file's encoding. Undecodable bytes become
+    U+FFFD (yajl would reject the whole document) and ``had_bad_bytes`` is set, so the records
+    holding U+FFFD are reported as invalid_text."""
 
-    def __init__(self, text: io.TextIOWrapper) -> None:
+    def __init__(self, text: io.TextIOWrapper, max_string_bytes: int) -> None:
         self._text = text
         self.had_bad_bytes = False
+        self.guard = JsonGuard(max_string_bytes=max_string_bytes)
+        self._done = False
 
     def read(self, size: int = -1) -> bytes:
         if size == 0:  # ijson probes with read(0) to learn whether it gets bytes
             return b""
-        chunk = self._text.read(size if size is not None and size > 0 else -1)
+        size = size if size is not None and size > 0 else _BLOCK_CHARS
+        while not self._done:  # a block inside a skipped container guards to nothing
+            chunk = self._text.read(size)
+            if not chunk:
+                self._done = True
+                return self.guard.finish()
+            if guarded := self.guard.feed(self._utf8(chunk)):
+                return guarded
+        return b""
+
+    def _utf8(self, chunk: str) -> bytes:
         try:
             return chunk.encode("utf-8")
         except UnicodeEncodeError:
@@ -96,6 +120,8 @@ class JsonSource(SourceFile):
             ignored_columns=list(ignored),
             notes=list(plan_notes),
         )
+        if self.reader is not None:
+            self.reader.filled = self.summary.filled_from_other_columns
 
     def _sample_records(self) -> list[object]:
         """The first records, to choose the columns. A document damaged further on still gets
@@ -112,7 +138,9 @@ class JsonSource(SourceFile):
 
     def _open(self) -> _Utf8Transcoder:
         text = io.TextIOWrapper(self.path.open("rb"), encoding=self.encoding, errors=DECODE_ERRORS)
-        stream = _Utf8Transcoder(text)
+        # Strings within one block are never cut, so the limit is at least a block's bytes.
+        limit = max(4 * self.options.max_field_chars, 4 * _BLOCK_CHARS)
+        stream = _Utf8Transcoder(text, limit)
         self._streams.append(stream)
         return stream
 
@@ -156,6 +184,12 @@ class JsonSource(SourceFile):
             for source_row, record in enumerate(items, start=1):
                 if source_row <= start_after_row:
                     continue
+                if stream.guard.cut_deep and holds_marker(record):
+                    yield self.reader.malformed(source_row, TOO_DEEP_MESSAGE, record)
+                    continue
+                if stream.guard.cut_long and holds_marker(record, TOO_LONG_MARKER):
+                    yield self._too_long(source_row, record)
+                    continue
                 row = self.reader.read(source_row, record)
                 if stream.had_bad_bytes and type(row) is Pair and _has_replacement(row):
                     row = RowError(
@@ -171,6 +205,10 @@ class JsonSource(SourceFile):
             ) from exc
         finally:
             self.close()
+
+    def _too_long(self, source_row: int, record: object) -> RowError:
+        message = f"a value is longer than {self.options.max_field_chars:,} characters"
+        return RowError(source_row, TOO_LONG, message, raw_excerpt(lambda: dump(record)))
 
     def close(self) -> None:
         while self._streams:

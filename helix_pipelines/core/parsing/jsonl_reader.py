@@ -18,12 +18,15 @@ from helix_pipelines.core.parsing.base import (
 )
 from helix_pipelines.core.parsing.detect import DECODE_ERRORS, Sniffed
 from helix_pipelines.core.parsing.headers import HeaderProblem
+from helix_pipelines.core.parsing.json_guard import MAX_DEPTH, number_or_text, too_deep
 from helix_pipelines.core.parsing.records import (
     PLAN_SAMPLE_RECORDS,
     RecordReader,
     keys_of,
     plan_from_keys,
 )
+
+TOO_DEEP_MESSAGE = f"the record is nested more than {MAX_DEPTH} levels deep"
 
 
 class JsonLinesSource(SourceFile):
@@ -50,6 +53,7 @@ class JsonLinesSource(SourceFile):
             ignored_columns=list(plan.ignored),
             notes=list(plan.notes),
         )
+        self.reader.filled = self.summary.filled_from_other_columns
 
     def _lines(self) -> Iterator[tuple[str, bool]]:
         """(line, complete) per physical line; an over-long line is read in pieces and only
@@ -74,8 +78,8 @@ class JsonLinesSource(SourceFile):
             for line, complete in self._lines():
                 if complete and line.strip():
                     try:
-                        records.append(json.loads(line))
-                    except ValueError:
+                        records.append(_loads(line))
+                    except (ValueError, RecursionError):
                         continue
                 if len(records) >= PLAN_SAMPLE_RECORDS:
                     break
@@ -97,13 +101,22 @@ class JsonLinesSource(SourceFile):
             return RowError(source_row, TOO_LONG, message, raw_excerpt(line))
         if not line.strip():
             return source_row
+        if too_deep(line):
+            return self.reader.malformed(source_row, TOO_DEEP_MESSAGE, line)
         try:
-            record = json.loads(line)
+            record = _loads(line)
         except ValueError as exc:
             return self.reader.malformed(source_row, f"the line is not valid JSON ({exc})", line)
+        except RecursionError:  # cannot happen below MAX_DEPTH; never let it out regardless
+            return self.reader.malformed(source_row, TOO_DEEP_MESSAGE, line)
         return self.reader.read(source_row, record)
 
     def close(self) -> None:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+
+
+def _loads(line: str) -> object:
+    """json.loads, with numbers too long for exact int/float arithmetic kept as their text."""
+    return json.loads(line, parse_int=number_or_text, parse_float=number_or_text)

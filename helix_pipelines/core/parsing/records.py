@@ -13,7 +13,12 @@ from helix_pipelines.core.parsing.base import (
     RowError,
     raw_excerpt,
 )
-from helix_pipelines.core.parsing.headers import ColumnPlan, normalize_header, plan_columns
+from helix_pipelines.core.parsing.headers import (
+    ColumnPlan,
+    fill_empty,
+    normalize_header,
+    plan_columns,
+)
 from helix_pipelines.core.parsing.values import NestedValue, to_text
 
 PLAN_SAMPLE_RECORDS = 100  # records whose keys decide the columns
@@ -37,6 +42,9 @@ class RecordReader:
 
     def __init__(self, plan: ColumnPlan, keys: list[str], checker: RowChecker) -> None:
         self.checker = checker
+        self.plan = plan
+        self.keys = keys
+        self.filled: dict[str, int] = {}  # the source points this at its summary's counts
         self.roles = {
             role: (keys[position], normalize_header(keys[position]))
             for role, position in plan.indexes.items()
@@ -52,6 +60,14 @@ class RecordReader:
             texts = {role: to_text(self._lookup(record, role)) for role in self.roles}
         except NestedValue as exc:
             return self.malformed(source_row, f"{exc.args[0]} where text was expected", record)
+        if self.plan.fallbacks and not (texts["question"].strip() and texts["answer"].strip()):
+            texts["question"], texts["answer"] = fill_empty(
+                self.plan,
+                texts["question"],
+                texts["answer"],
+                lambda position: self._text_at(record, position),
+                self.filled,
+            )
         if not texts["question"].strip() and _blank(record):
             return source_row
         return self.checker.check(
@@ -59,15 +75,24 @@ class RecordReader:
             texts["question"],
             texts["answer"],
             texts.get("category"),
-            lambda: _dump(record),
+            lambda: dump(record),
         )
 
     def malformed(self, source_row: int, message: str, raw: object) -> RowError:
-        text = raw if isinstance(raw, str) else _dump(raw)
+        text = raw if isinstance(raw, str) else dump(raw)
         return RowError(source_row, MALFORMED_ROW, message, raw_excerpt(text))
 
+    def _text_at(self, record: Mapping, position: int) -> str:
+        key = self.keys[position]
+        try:
+            return to_text(self._find(record, key, normalize_header(key)))
+        except NestedValue:
+            return ""
+
     def _lookup(self, record: Mapping, role: str) -> object:
-        key, normalized = self.roles[role]
+        return self._find(record, *self.roles[role])
+
+    def _find(self, record: Mapping, key: str, normalized: str) -> object:
         if key in record:
             return record[key]
         for other_key, value in record.items():  # same name, other spelling ("Question")
@@ -94,7 +119,8 @@ def _json_kind(python_kind: str) -> str:
     }.get(python_kind, python_kind)
 
 
-def _dump(value: object) -> str:
+def dump(value: object) -> str:
+    """A decoded record as JSON text, for excerpts."""
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):

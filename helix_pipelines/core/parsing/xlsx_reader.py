@@ -1,5 +1,8 @@
 """Excel .xlsx workbooks, read with openpyxl in read-only (streaming) mode.
 
+The workbook is opened once per source (header search and rows share it) and its shared
+strings are kept on disk (xlsx_strings.py), so memory stays flat whatever the workbook's size.
+
 ``data_only=True`` returns the value Excel cached for a formula; formulas are never evaluated
 and external links are not loaded. A formula without a cached value (as openpyxl itself writes
 them) reads as empty.
@@ -8,13 +11,11 @@ them) reads as empty.
 from __future__ import annotations
 
 import warnings
-import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from xml.etree.ElementTree import ParseError
 
-import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 
 from helix_pipelines.core.parsing.base import (
@@ -24,20 +25,25 @@ from helix_pipelines.core.parsing.base import (
     RowError,
     SourceFile,
 )
-from helix_pipelines.core.parsing.headers import ColumnPlan, HeaderProblem, plan_columns
+from helix_pipelines.core.parsing.detect import ZIP_ERRORS
+from helix_pipelines.core.parsing.headers import (
+    ColumnPlan,
+    HeaderProblem,
+    fill_empty,
+    plan_columns,
+)
 from helix_pipelines.core.parsing.values import to_text
+from helix_pipelines.core.parsing.xlsx_strings import SharedStringsTooMany, load_workbook
 
 HEADER_SEARCH_ROWS = 10  # a title row or two above the header is common in spreadsheets
 _BROKEN_WORKBOOK = (
-    zipfile.BadZipFile,
+    *ZIP_ERRORS,
     zlib.error,
     ParseError,
     InvalidFileException,
     KeyError,
-    ValueError,
+    IndexError,
     TypeError,
-    EOFError,
-    OSError,
 )
 
 
@@ -45,7 +51,12 @@ class WorkbookSource(SourceFile):
     def __init__(self, path: Path, display_name: str, options: ParseOptions) -> None:
         super().__init__(path, display_name, options)
         self._workbook = None
-        self.sheet_name, self.header_row, self.plan, problems = self._find_table()
+        self._strings = None
+        try:
+            self.sheet_name, self.header_row, self.plan, problems = self._find_table()
+        except BaseException:
+            self.close()
+            raise
         notes = list(self.plan.notes)
         if len(self._workbook.sheetnames) > 1 or self.header_row > 1:
             notes.insert(0, f"read sheet {self.sheet_name!r}, header on row {self.header_row}")
@@ -58,16 +69,16 @@ class WorkbookSource(SourceFile):
             ignored_columns=list(self.plan.ignored),
             notes=notes,
         )
-        self.close()
 
     def _load(self):
-        self.close()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # openpyxl warns about styles, validations...
-                self._workbook = openpyxl.load_workbook(
-                    self.path, read_only=True, data_only=True, keep_links=False
+                self._workbook, self._strings = load_workbook(
+                    str(self.path), self.options.max_xlsx_shared_strings
                 )
+        except SharedStringsTooMany as exc:
+            raise self.unreadable(str(exc)) from exc
         except _BROKEN_WORKBOOK as exc:
             raise self.unreadable(f"the workbook cannot be opened ({_short(exc)})") from exc
         return self._workbook
@@ -114,7 +125,6 @@ class WorkbookSource(SourceFile):
         return None, problem
 
     def _rows(self, start_after_row: int) -> Iterator[Pair | RowError | int]:
-        self._load()
         plan = self.plan
         category_index = plan.category_index
         needed = max(plan.indexes.values()) + 1
@@ -131,8 +141,6 @@ class WorkbookSource(SourceFile):
             raise self.unreadable(
                 f"the workbook is damaged or truncated after row {source_row:,} ({_short(exc)})"
             ) from exc
-        finally:
-            self.close()
 
     def _row(
         self, source_row: int, values: tuple, needed: int, category_index: int | None
@@ -141,6 +149,14 @@ class WorkbookSource(SourceFile):
             values = (*values, *(None,) * (needed - len(values)))
         question = _cell_text(values[self.plan.question_index])
         answer = _cell_text(values[self.plan.answer_index])
+        if self.plan.fallbacks and not (question and answer):
+            question, answer = fill_empty(
+                self.plan,
+                question,
+                answer,
+                lambda position: _cell_text(values[position]) if position < len(values) else "",
+                self.summary.filled_from_other_columns,
+            )
         if not question.strip() and not answer.strip() and not any(map(_cell_text, values)):
             return source_row
         category = _cell_text(values[category_index]) if category_index is not None else None
@@ -152,6 +168,9 @@ class WorkbookSource(SourceFile):
         if self._workbook is not None:
             self._workbook.close()  # read-only workbooks keep the zip open until closed
             self._workbook = None
+        if self._strings is not None:
+            self._strings.close()
+            self._strings = None
 
 
 def _cell_text(value: object) -> str:
