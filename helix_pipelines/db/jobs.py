@@ -153,18 +153,18 @@ def start_job(engine: Engine, ref: str | uuid.UUID, run_id: str, *, stale_after_
             raise JobBusy(
                 f"import {job.partition_key} is being processed by run {job.dagster_run_id}"
             )
-        liveness.claim(conn, run_id, "import", job.partition_key)
-        me = this_process()
-        return _update(
-            conn,
-            job.id,
-            status="processing",
-            dagster_run_id=run_id,
-            owner_host=me.host,
-            owner_pid=me.pid,
-            started_at=sa.func.coalesce(import_job.c.started_at, sa.func.now()),
-            heartbeat_at=sa.func.now(),
-        )
+        started = sa.func.coalesce(import_job.c.started_at, sa.func.now())
+        return _take(conn, job, run_id, "processing", started_at=started)
+
+
+def _take(conn: Connection, job: Job, run_id: str, status: str, **values) -> Job:
+    """Make `run_id` (this process) the job's owner, its heartbeat claimed in the same
+    transaction so that a held job always has evidence of its holder."""
+    kind = "rollback" if status == "rolling_back" else "import"
+    liveness.claim(conn, run_id, kind, job.partition_key)
+    me = this_process()
+    return _update(conn, job.id, status=status, dagster_run_id=run_id, owner_host=me.host,
+                   owner_pid=me.pid, heartbeat_at=sa.func.now(), **values)  # fmt: skip
 
 
 def owner_alive(conn: Connection, job: Job, stale_after_s: float) -> bool:
@@ -373,17 +373,7 @@ def begin_rollback(engine: Engine, ref: str | uuid.UUID, run_id: str, stale_afte
                 f"import {job.partition_key} is being {verb} by run {job.dagster_run_id}: "
                 "wait for it, or stop it and run `helix-pipelines recover`"
             )
-        liveness.claim(conn, run_id, "rollback", job.partition_key)
-        me = this_process()
-        return _update(
-            conn,
-            job.id,
-            status="rolling_back",
-            dagster_run_id=run_id,
-            owner_host=me.host,
-            owner_pid=me.pid,
-            heartbeat_at=sa.func.now(),
-        )
+        return _take(conn, job, run_id, "rolling_back")
 
 
 @dataclass(frozen=True)
