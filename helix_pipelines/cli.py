@@ -133,4 +133,8 @@ def _cmd_db_migrate_data(settings: Settings, args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: commands raise
+    # helix_pipelines.cli.CliError, which a second copy of this module would not catch.
+    from helix_pipelines.cli import main as canonical_main
+
+    sys.exit(canonical_main())
