@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import psutil
 from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.adaptive import AdaptiveBatchSize
@@ -33,6 +36,21 @@ FILE_DAMAGED = "file_damaged"
 BatchObserver = Callable[[str, float, int], None]
 # hook(point): test-only fault injection at named points of a batch's transaction.
 Hook = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ImportProgress:
+    """After each committed batch: how far the reader has got in the file."""
+
+    rows: int  # rows committed by this run
+    bytes_read: int  # position of the reader in the file (read-ahead included)
+    bytes_total: int
+    resumed_at_byte: int = 0  # where this run's reading began to count (0 on a fresh start)
+
+
+# on_progress(progress), after every committed batch (for progress bars and logs; the caller
+# decides how often to report). Separate from on_batch, which counts attempts for metrics.
+ProgressObserver = Callable[[ImportProgress], None]
 
 
 class BatchFailed(RuntimeError):
@@ -73,6 +91,7 @@ def import_file(
     options: ImportOptions | None = None,
     on_batch: BatchObserver | None = None,
     hook: Hook | None = None,
+    on_progress: ProgressObserver | None = None,
 ) -> ImportReport:
     """Import (or resume) the job's file. Returns with the job finished, or raises: a raised
     import is left `processing` with its checkpoint, for a retry or recovery to resume."""
@@ -92,10 +111,10 @@ def import_file(
         claimed=True,
     )
     with heartbeat:
-        return _import(engine, job, report, run_id, options, on_batch, hook, started)
+        return _import(engine, job, report, run_id, options, (on_batch, on_progress), hook, started)
 
 
-def _import(engine, job, report, run_id, options, on_batch, hook, started) -> ImportReport:
+def _import(engine, job, report, run_id, options, observers, hook, started) -> ImportReport:
     try:
         source = open_source(job.source_path, options.parse, display_name=job.source_name)
     except FileUnreadable as exc:
@@ -103,7 +122,8 @@ def _import(engine, job, report, run_id, options, on_batch, hook, started) -> Im
         return report
     with source:
         jobs.set_format(engine, job.id, source.summary.file_format, source.summary.as_dict())
-        writer = _BatchWriter(engine, job.id, run_id, options, on_batch, hook)
+        writer = _BatchWriter(engine, job.id, run_id, options, observers[0], hook)
+        writer.reading = FilePosition(job.source_path, observers[1])
         batches = _batches(
             source.chunks(start_after_row=job.last_source_row), writer.sizer, job.last_source_row
         )
@@ -147,6 +167,7 @@ class _BatchWriter:
         self.hook = hook
         self.batches = self.rows = self.retries = 0
         self._timeouts_at_minimum = 0
+        self.reading: FilePosition | None = None
 
     def write(self, batch: Batch) -> None:
         queue_ = [batch]
@@ -188,12 +209,15 @@ class _BatchWriter:
                     keep_duplicates=self.options.keep_duplicates,
                     statement_timeout_s=self.options.batch_deadline_s,
                     hook=self.hook,
+                    checkpoint_extra=self.reading.checkpoint() if self.reading else None,
                 )
         seconds = time.monotonic() - began
         self.sizer.record(batch.rows, seconds)
         self.batches += 1
         self.rows += batch.rows
         self.on_batch("success", seconds, batch.rows)
+        if self.reading is not None:
+            self.reading.report(self.rows)
         return outcome
 
     def _split_after_timeout(self, batch: Batch, exc: BaseException) -> list[Batch]:
@@ -258,3 +282,39 @@ def _batch_of(rows: list[Pair | RowError], first: int, last: int) -> Batch:
     pairs = [r for r in rows if type(r) is Pair]
     errors = [r for r in rows if type(r) is not Pair]
     return Batch(pairs, errors, first, last)
+
+
+class FilePosition:
+    """Where the parser's reader is in the file: the position of this process's open handle
+    on it (read-ahead included), so the parsers need not report anything. A reader that holds
+    no handle open (or a platform without the information) reads as 0 bytes."""
+
+    def __init__(self, path: str | None, on_progress: ProgressObserver | None):
+        self.path = os.path.realpath(path) if path else None
+        self.on_progress = on_progress
+        self.total = _size(path)
+        self.position = 0
+
+    def probe(self) -> int:
+        if self.path is None:
+            return 0
+        with contextlib.suppress(psutil.Error, OSError):
+            found = [f.position for f in psutil.Process().open_files() if f.path == self.path]
+            if found:
+                self.position = max(self.position, min(max(found), self.total))
+        return self.position
+
+    def checkpoint(self) -> dict:
+        """Stored with each batch's checkpoint, for `status` and the CLI's bar."""
+        return {"bytes_read": self.probe(), "bytes_total": self.total}
+
+    def report(self, rows: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(ImportProgress(rows, self.position, self.total))
+
+
+def _size(path: str | None) -> int:
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
