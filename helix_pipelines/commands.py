@@ -12,12 +12,21 @@ from helix_pipelines.db import jobs
 from helix_pipelines.settings import Settings
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: `helix-pipelines -v import` and `helix-pipelines import -v` both count.
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="also show Dagster's own event lines and debug logs",
+    )  # fmt: skip
+
+
 def register(verbs, *, add_json_flag) -> None:
     imp = verbs.add_parser("import", help="import files now, through the Dagster instance")
     imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
     imp.add_argument("--no-embed", action="store_true", help="import only; embed later")
     imp.add_argument("--keep-duplicates", action="store_true", help="keep pairs seen before")
     add_json_flag(imp)
+    add_verbose_flag(imp)
     imp.set_defaults(handler=cmd_import)
 
     status = verbs.add_parser("status", help="import jobs and their counts")
@@ -46,6 +55,7 @@ def register(verbs, *, add_json_flag) -> None:
         help="first return failed pairs (of JOB, or all) to pending",
     )  # fmt: skip
     add_json_flag(embed)
+    add_verbose_flag(embed)
     embed.set_defaults(handler=cmd_embed)
 
     search = verbs.add_parser("search", help="nearest pairs by embedding")
@@ -64,6 +74,7 @@ def register(verbs, *, add_json_flag) -> None:
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines import cli_progress
     from helix_pipelines.cli import print_json
     from helix_pipelines.pipeline.inbox import CannotTake
 
@@ -79,7 +90,13 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
             unfinished += 1
             _print_refusal(path, str(exc), as_json=args.json)
             continue
-        _run_import(app, instance, settings, job.partition_key, embed=not args.no_embed)
+        bars = cli_progress.wanted(args.json)
+        watching = cli_progress.watch_import(
+            app.engine, job.id, path.name, enabled=bars, embed=not args.no_embed
+        )
+        with watching:
+            _run_import(app, instance, settings, job.partition_key, embed=not args.no_embed,
+                        verbose=args.verbose)  # fmt: skip
         summary = job_summary(app.engine, job.id)
         unfinished += summary["status"] not in ("completed", "completed_with_errors")
         print_json(summary) if args.json else _print_import(path, summary)
@@ -112,7 +129,9 @@ def _print_refusal(path: Path, error: str, *, as_json: bool) -> None:
         print(f"{path}: refused: {error}", file=sys.stderr)
 
 
-def _run_import(app, instance, settings: Settings, partition_key: str, *, embed: bool) -> None:
+def _run_import(
+    app, instance, settings: Settings, partition_key: str, *, embed: bool, verbose: bool = False
+) -> None:
     from dagster import AssetKey
     from dagster._core.utils import make_new_run_id
 
@@ -135,7 +154,14 @@ def _run_import(app, instance, settings: Settings, partition_key: str, *, embed:
             raise_on_error=False,
             run_id=run_id,
             tags={"helix/launched_by": "cli"},
+            run_config=dagster_log_config(verbose),
         )
+
+
+def dagster_log_config(verbose: bool) -> dict:
+    """The run's console logger: Dagster's event lines (DEBUG and INFO) only with `-v`; the run's
+    own log, with its progress lines, is in the UI either way."""
+    return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}}}
 
 
 def _recover(app, instance, settings: Settings, stale_after_s: float | None = None):
@@ -274,7 +300,8 @@ def cmd_recover(settings: Settings, args: argparse.Namespace) -> int:
     if args.resume:
         for job in jobs.list_pending(app.engine):
             # Import only: the pending-embeddings sensor or `helix-pipelines embed` embeds.
-            _run_import(app, instance, settings, job.partition_key, embed=False)
+            _run_import(app, instance, settings, job.partition_key, embed=False,
+                        verbose=args.verbose)  # fmt: skip
             resumed.append(job_summary(app.engine, job.id))
     result = {
         "dead_runs": report.dead_runs,
@@ -340,7 +367,7 @@ def _open_with_instance(settings: Settings):
 
 
 def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
-    from helix_pipelines import runtime
+    from helix_pipelines import cli_progress, runtime
     from helix_pipelines.cli import CliError, print_json
     from helix_pipelines.embedding.base import ProviderConfigError
     from helix_pipelines.pipeline.embedding import retry_failed
@@ -351,7 +378,10 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
     if args.retry_failed is not None:
         requeued = retry_failed(app.engine, _job_id_or_all(app.engine, args.retry_failed))
     try:
-        report, circuit_state = setup_from_settings(settings).embed(app.engine, operator=True)
+        with cli_progress.embed_bar(enabled=cli_progress.wanted(args.json)) as bar:
+            report, circuit_state = setup_from_settings(settings).embed(
+                app.engine, operator=True, on_progress=bar
+            )
     except ProviderConfigError as exc:
         raise CliError(exc.message) from exc
     result = {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import time
 import uuid
@@ -123,7 +125,7 @@ def _import(engine, job, report, run_id, options, observers, hook, started) -> I
     with source:
         jobs.set_format(engine, job.id, source.summary.file_format, source.summary.as_dict())
         writer = _BatchWriter(engine, job.id, run_id, options, observers[0], hook)
-        writer.reading = FilePosition(job.source_path, observers[1])
+        writer.reading = FilePosition(job.source_path, observers[1], source.summary)
         batches = _batches(
             source.chunks(start_after_row=job.last_source_row), writer.sizer, job.last_source_row
         )
@@ -209,7 +211,7 @@ class _BatchWriter:
                     keep_duplicates=self.options.keep_duplicates,
                     statement_timeout_s=self.options.batch_deadline_s,
                     hook=self.hook,
-                    checkpoint_extra=self.reading.checkpoint() if self.reading else None,
+                    checkpoint_extra=self._position(batch),
                 )
         seconds = time.monotonic() - began
         self.sizer.record(batch.rows, seconds)
@@ -219,6 +221,9 @@ class _BatchWriter:
         if self.reading is not None:
             self.reading.report(self.rows)
         return outcome
+
+    def _position(self, batch: Batch) -> dict | None:
+        return self.reading.checkpoint(batch.last_source_row) if self.reading else None
 
     def _split_after_timeout(self, batch: Batch, exc: BaseException) -> list[Batch]:
         self.on_batch("timeout", self.options.batch_deadline_s, batch.rows)
@@ -285,32 +290,63 @@ def _batch_of(rows: list[Pair | RowError], first: int, last: int) -> Batch:
 
 
 class FilePosition:
-    """Where the parser's reader is in the file: the position of this process's open handle
-    on it (read-ahead included), so the parsers need not report anything. A reader that holds
-    no handle open (or a platform without the information) reads as 0 bytes."""
+    """How far into the file the import has got, without asking the parsers: the position of
+    this process's open handle on the file, capped (for CSV, TSV and JSON Lines) by the records
+    committed times the bytes a record takes in a sample of the file, since a reader that reads
+    far ahead (pyarrow's CSV reader reads the whole file ahead) is not where the import is."""
 
-    def __init__(self, path: str | None, on_progress: ProgressObserver | None):
+    def __init__(self, path: str | None, on_progress: ProgressObserver | None, summary=None):
         self.path = os.path.realpath(path) if path else None
         self.on_progress = on_progress
         self.total = _size(path)
+        self.per_record = _bytes_per_record(path, summary) if summary else None
         self.position = 0
 
-    def probe(self) -> int:
-        if self.path is None:
-            return 0
-        with contextlib.suppress(psutil.Error, OSError):
-            found = [f.position for f in psutil.Process().open_files() if f.path == self.path]
-            if found:
-                self.position = max(self.position, min(max(found), self.total))
+    def probe(self, last_source_row: int) -> int:
+        position = self.total if self.path is None else self._handle_position()
+        if self.per_record is not None:
+            position = min(position, int(last_source_row * self.per_record))
+        self.position = max(self.position, min(position, self.total))
         return self.position
 
-    def checkpoint(self) -> dict:
+    def _handle_position(self) -> int:
+        with contextlib.suppress(psutil.Error, OSError):
+            found = [f.position for f in psutil.Process().open_files() if f.path == self.path]
+            return max(found, default=self.total)
+        return self.total
+
+    def checkpoint(self, last_source_row: int) -> dict:
         """Stored with each batch's checkpoint, for `status` and the CLI's bar."""
-        return {"bytes_read": self.probe(), "bytes_total": self.total}
+        return {"bytes_read": self.probe(last_source_row), "bytes_total": self.total}
 
     def report(self, rows: int) -> None:
         if self.on_progress is not None:
             self.on_progress(ImportProgress(rows, self.position, self.total))
+
+
+SAMPLE_BYTES = 1024**2
+
+
+def _bytes_per_record(path: str | None, summary) -> float | None:
+    """Bytes per record in the file's first MiB (None for other formats, wide encodings and
+    files small enough that the estimate does not matter)."""
+    line_formats = ("csv", "tsv", "jsonl")
+    if not path or summary.file_format not in line_formats or summary.encoding is None:
+        return None
+    if "16" in summary.encoding or "32" in summary.encoding:
+        return None
+    with open(path, "rb") as handle:
+        sample = handle.read(SAMPLE_BYTES)
+    sample = sample[: sample.rfind(b"\n") + 1]
+    if len(sample) < SAMPLE_BYTES // 2:
+        return None
+    text = sample.decode(summary.encoding, errors="replace")
+    if summary.file_format == "jsonl":
+        records = text.count("\n")
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=summary.delimiter or ",")
+        records = sum(1 for _ in reader)
+    return len(sample) / records if records else None
 
 
 def _size(path: str | None) -> int:

@@ -23,9 +23,9 @@ def test_progress_reports_bytes_read_rising_to_the_file_size(engine, tmp_path):
     assert all(p.bytes_total == size for p in seen)
     positions = [p.bytes_read for p in seen]
     assert positions == sorted(positions)
-    # The position of the reader's handle: read-ahead included (pyarrow's streaming reader
-    # may be at the end of a small file after its first batch).
-    assert 0 < positions[0] <= size and positions[-1] == size
+    # Where the import is, not where pyarrow's read-ahead is (at the end after one batch).
+    assert 0 < positions[0] < size / 10
+    assert positions[-1] >= 0.95 * size
     assert [p.rows for p in seen] == sorted(p.rows for p in seen)
     checkpoint = jobs.get_job(engine, job.id).checkpoint_data
     assert checkpoint["bytes_total"] == size
