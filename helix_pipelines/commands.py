@@ -223,6 +223,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 "created_at": job.created_at,
                 "finished_at": job.finished_at,
                 "errors": jobs.row_errors_of(app.engine, job.id, limit=50),
+                "progress": job_progress(job),
             }
         )
         if args.json:
@@ -234,6 +235,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     listing = [
         job_summary(app.engine, j.id)
         | {"source_name": j.source_name, "embeddings_blocked": blocked}
+        | {"progress": job_progress(j)}
         for j in jobs.list_jobs(app.engine)
     ]
     if args.json:
@@ -242,6 +244,30 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         _print_job_table(listing)
         _print_blocked(blocked)
     return 0
+
+
+def job_progress(job: jobs.Job) -> dict | None:
+    """{percent, time_left_s} of the file for a `processing` job (its reader's byte offset in
+    the checkpoint, the rate since the run started), else None."""
+    from datetime import UTC, datetime
+
+    from helix_pipelines.core.progress import estimate
+
+    checkpoint = job.checkpoint_data or {}
+    if job.status != "processing" or not checkpoint.get("bytes_total") or not job.started_at:
+        return None
+    elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
+    snap = estimate(checkpoint.get("bytes_read", 0), checkpoint["bytes_total"], elapsed)
+    eta = None if snap.eta_s is None else round(snap.eta_s)
+    return {"percent": snap.percent, "time_left_s": eta}
+
+
+def _progress_text(progress: dict | None) -> str:
+    if not progress:
+        return ""
+    from helix_pipelines.core.progress import format_duration
+
+    return f"{progress['percent']:.1f}%, {format_duration(progress['time_left_s'])} left"
 
 
 def _embeddings_blocked(settings: Settings, engine) -> dict | None:
@@ -263,11 +289,12 @@ def _print_blocked(blocked: dict | None) -> None:
 
 def _print_job_table(listing: list[dict]) -> None:
     header = f"{'partition':<44} {'status':<22} {'rows':>8} {'pairs':>8} {'dups':>7} {'errors':>7}"
-    print(header)
+    print(header + "  progress")
     for s in listing:
         print(
             f"{s['partition_key'][:44]:<44} {s['status']:<22} {s['rows_total']:>8} "
-            f"{s['pairs_created']:>8} {s['duplicates_skipped']:>7} {s['row_errors']:>7}"
+            f"{s['pairs_created']:>8} {s['duplicates_skipped']:>7} {s['row_errors']:>7}  "
+            f"{_progress_text(s['progress'])}".rstrip()
         )
 
 
@@ -287,6 +314,8 @@ def _print_job_detail(d: dict) -> None:
         "embeddings",
     ):
         print(f"{key:>20}: {d[key]}")
+    if d["progress"]:
+        print(f"{'progress':>20}: {_progress_text(d['progress'])}")
     for error in d["errors"]:
         print(f"  row {error['source_row']}: {error['error_code']}: {error['message']}")
 

@@ -113,3 +113,11 @@ def describe_embedding(pairs: Snapshot, waiting: str | None = None) -> str:
         f"{pairs.rate:,.0f} pairs/s, time left {format_duration(pairs.eta_s)}"
     )
     return f"{line}; waiting: {waiting}" if waiting else line
+
+
+def estimate(done: float, total: float | None, elapsed_s: float) -> Snapshot:
+    """A snapshot from outside the work (as `status` sees a job): the rate so far since it
+    started."""
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    eta = max(0.0, total - done) / rate if total is not None and rate > 0 else None
+    return Snapshot(done, total, max(0.0, elapsed_s), rate, eta)
