@@ -107,3 +107,23 @@ def test_a_running_imports_event_log_holds_rising_percentages(engine, settings, 
     assert len(percents) >= 3, messages
     assert percents == sorted(percents) and percents[0] < 50 and percents[-1] > 90
     assert all("rows/s" in m and "time left" in m for m in messages)
+
+
+@pytest.mark.slow
+def test_the_embedding_step_logs_its_progress(engine, settings, tmp_path):
+    path = write_qa_csv(tmp_path / "embedded.csv", 1500, seed=14).path
+    done = subprocess.run(
+        [sys.executable, "-m", "helix_pipelines.cli", "import", "--json", str(path)],
+        env=subprocess_env(settings, HELIX_PROGRESS_LOG_S="0.5"),
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with DagsterInstance.from_config(str(settings.home / "dagster")) as instance:
+        [run] = instance.get_runs()
+        messages = [
+            entry.user_message
+            for entry in instance.all_logs(run.run_id)
+            if entry.step_key == "qa_embeddings" and "progress:" in entry.user_message
+        ]
+    assert messages and "0.0% embedded" in messages[0], messages
+    assert "100.0% embedded" in messages[-1] and "pairs/s" in messages[-1]
