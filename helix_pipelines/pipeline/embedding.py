@@ -138,8 +138,8 @@ def embed_pending(
     embedder.progress = progress
     progress.note()
     while report.stopped_reason is None and _embed_one_chunk(engine, embedder, job_id):
-        progress.note()
-    progress.note("circuit open" if report.circuit_open else None)
+        progress.note(in_chunk=0)
+    progress.note("circuit open" if report.circuit_open else None, in_chunk=0)
     report.released += release_parked(engine, breaker)
     report.pending = store.count_pending(engine, job_id)
     if embedder.blocked is not None:
@@ -218,6 +218,8 @@ class _ChunkEmbedder:
         with ThreadPoolExecutor(self.options.max_concurrency, "helix-embed") as pool:
             for result in pool.map(self._embed_batch, batches):
                 outcome.merge(result)
+                if self.progress is not None:  # vectors in hand, written with the chunk
+                    self.progress.note(in_chunk=len(outcome.vectors) + len(outcome.failed))
         return outcome
 
     def _embed_batch(self, items: list[EmbedItem]) -> ChunkOutcome:
@@ -334,11 +336,17 @@ class _ChunkEmbedder:
 class _ProgressNotes:
     def __init__(self, report: EmbedReport, pending: int, on_progress):
         self.report, self.total, self.on_progress = report, pending, on_progress
+        self.in_chunk = 0
 
-    def note(self, waiting: str | None = None) -> None:
+    def note(self, waiting: str | None = None, in_chunk: int | None = None) -> None:
+        """`in_chunk`: pairs of the chunk in flight already answered (embedded or failed); 0
+        once the chunk is written (the report counts them then)."""
+        if in_chunk is not None:
+            self.in_chunk = in_chunk
         if self.on_progress is not None:
             r = self.report
-            self.on_progress(EmbedProgress(r.embedded, r.failed, self.total, waiting))
+            embedded = min(r.embedded + self.in_chunk, self.total - r.failed)
+            self.on_progress(EmbedProgress(embedded, r.failed, self.total, waiting))
 
 
 def _retryable(exc: BaseException) -> bool:
