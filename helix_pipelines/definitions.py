@@ -51,6 +51,7 @@ def build_resources(settings: Settings) -> dict:
             stale_after_s=settings.stale_after_s,
             run_start_grace_s=settings.run_start_grace_s,
             max_attempts=settings.import_max_attempts,
+            progress_log_s=settings.progress_log_s,
         ),
         "embedding": _embedding_resource(settings),
     }

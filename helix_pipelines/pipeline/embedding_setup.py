@@ -91,7 +91,13 @@ class EmbeddingSetup:
         )  # fmt: skip
 
     def embed(
-        self, engine: Engine, *, job_id=None, observer=None, operator: bool = False
+        self,
+        engine: Engine,
+        *,
+        job_id=None,
+        observer=None,
+        operator: bool = False,
+        on_progress=None,
     ) -> tuple[EmbedReport, str]:
         """One embedding run of `job_id`'s pending pairs (all when None); returns the report
         and the circuit state after it. ProviderConfigError propagates, and blocks the circuit.
@@ -106,6 +112,7 @@ class EmbeddingSetup:
             report = embed_pending(
                 engine, provider, limiter=self.build_limiter(engine), breaker=breaker,
                 options=self.options(), job_id=job_id, observer=observer,
+                on_progress=on_progress,
             )  # fmt: skip
         finally:
             provider.close()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import psutil
 from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.adaptive import AdaptiveBatchSize
@@ -33,6 +38,21 @@ FILE_DAMAGED = "file_damaged"
 BatchObserver = Callable[[str, float, int], None]
 # hook(point): test-only fault injection at named points of a batch's transaction.
 Hook = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ImportProgress:
+    """After each committed batch: how far the reader has got in the file."""
+
+    rows: int  # rows committed by this run
+    bytes_read: int  # position of the reader in the file (read-ahead included)
+    bytes_total: int
+    resumed_at_byte: int = 0  # where this run's reading began to count (0 on a fresh start)
+
+
+# on_progress(progress), after every committed batch (for progress bars and logs; the caller
+# decides how often to report). Separate from on_batch, which counts attempts for metrics.
+ProgressObserver = Callable[[ImportProgress], None]
 
 
 class BatchFailed(RuntimeError):
@@ -73,6 +93,7 @@ def import_file(
     options: ImportOptions | None = None,
     on_batch: BatchObserver | None = None,
     hook: Hook | None = None,
+    on_progress: ProgressObserver | None = None,
 ) -> ImportReport:
     """Import (or resume) the job's file. Returns with the job finished, or raises: a raised
     import is left `processing` with its checkpoint, for a retry or recovery to resume."""
@@ -92,10 +113,10 @@ def import_file(
         claimed=True,
     )
     with heartbeat:
-        return _import(engine, job, report, run_id, options, on_batch, hook, started)
+        return _import(engine, job, report, run_id, options, (on_batch, on_progress), hook, started)
 
 
-def _import(engine, job, report, run_id, options, on_batch, hook, started) -> ImportReport:
+def _import(engine, job, report, run_id, options, observers, hook, started) -> ImportReport:
     try:
         source = open_source(job.source_path, options.parse, display_name=job.source_name)
     except FileUnreadable as exc:
@@ -103,7 +124,8 @@ def _import(engine, job, report, run_id, options, on_batch, hook, started) -> Im
         return report
     with source:
         jobs.set_format(engine, job.id, source.summary.file_format, source.summary.as_dict())
-        writer = _BatchWriter(engine, job.id, run_id, options, on_batch, hook)
+        writer = _BatchWriter(engine, job.id, run_id, options, observers[0], hook)
+        writer.reading = FilePosition(job.source_path, observers[1], source.summary)
         batches = _batches(
             source.chunks(start_after_row=job.last_source_row), writer.sizer, job.last_source_row
         )
@@ -147,6 +169,7 @@ class _BatchWriter:
         self.hook = hook
         self.batches = self.rows = self.retries = 0
         self._timeouts_at_minimum = 0
+        self.reading: FilePosition | None = None
 
     def write(self, batch: Batch) -> None:
         queue_ = [batch]
@@ -188,13 +211,19 @@ class _BatchWriter:
                     keep_duplicates=self.options.keep_duplicates,
                     statement_timeout_s=self.options.batch_deadline_s,
                     hook=self.hook,
+                    checkpoint_extra=self._position(batch),
                 )
         seconds = time.monotonic() - began
         self.sizer.record(batch.rows, seconds)
         self.batches += 1
         self.rows += batch.rows
         self.on_batch("success", seconds, batch.rows)
+        if self.reading is not None:
+            self.reading.report(self.rows)
         return outcome
+
+    def _position(self, batch: Batch) -> dict | None:
+        return self.reading.checkpoint(batch.last_source_row) if self.reading else None
 
     def _split_after_timeout(self, batch: Batch, exc: BaseException) -> list[Batch]:
         self.on_batch("timeout", self.options.batch_deadline_s, batch.rows)
@@ -258,3 +287,70 @@ def _batch_of(rows: list[Pair | RowError], first: int, last: int) -> Batch:
     pairs = [r for r in rows if type(r) is Pair]
     errors = [r for r in rows if type(r) is not Pair]
     return Batch(pairs, errors, first, last)
+
+
+class FilePosition:
+    """How far into the file the import has got, without asking the parsers: the position of
+    this process's open handle on the file, capped (for CSV, TSV and JSON Lines) by the records
+    committed times the bytes a record takes in a sample of the file, since a reader that reads
+    far ahead (pyarrow's CSV reader reads the whole file ahead) is not where the import is."""
+
+    def __init__(self, path: str | None, on_progress: ProgressObserver | None, summary=None):
+        self.path = os.path.realpath(path) if path else None
+        self.on_progress = on_progress
+        self.total = _size(path)
+        self.per_record = _bytes_per_record(path, summary) if summary else None
+        self.position = 0
+
+    def probe(self, last_source_row: int) -> int:
+        position = self.total if self.path is None else self._handle_position()
+        if self.per_record is not None:
+            position = min(position, int(last_source_row * self.per_record))
+        self.position = max(self.position, min(position, self.total))
+        return self.position
+
+    def _handle_position(self) -> int:
+        with contextlib.suppress(psutil.Error, OSError):
+            found = [f.position for f in psutil.Process().open_files() if f.path == self.path]
+            return max(found, default=self.total)
+        return self.total
+
+    def checkpoint(self, last_source_row: int) -> dict:
+        """Stored with each batch's checkpoint, for `status` and the CLI's bar."""
+        return {"bytes_read": self.probe(last_source_row), "bytes_total": self.total}
+
+    def report(self, rows: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(ImportProgress(rows, self.position, self.total))
+
+
+SAMPLE_BYTES = 1024**2
+
+
+def _bytes_per_record(path: str | None, summary) -> float | None:
+    """Bytes per record in the file's first MiB (None for other formats, wide encodings and
+    files small enough that the estimate does not matter)."""
+    line_formats = ("csv", "tsv", "jsonl")
+    if not path or summary.file_format not in line_formats or summary.encoding is None:
+        return None
+    if "16" in summary.encoding or "32" in summary.encoding:
+        return None
+    with open(path, "rb") as handle:
+        sample = handle.read(SAMPLE_BYTES)
+    sample = sample[: sample.rfind(b"\n") + 1]
+    if len(sample) < SAMPLE_BYTES // 2:
+        return None
+    text = sample.decode(summary.encoding, errors="replace")
+    if summary.file_format == "jsonl":
+        records = text.count("\n")
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=summary.delimiter or ",")
+        records = sum(1 for _ in reader)
+    return len(sample) / records if records else None
+
+
+def _size(path: str | None) -> int:
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0

@@ -1,0 +1,129 @@
+"""Progress you can watch: the CLI's bar on a terminal (a real pseudo-terminal), clean `--json`,
+progress lines in a run's event log, and `status` showing percent and time left."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pexpect
+import pytest
+from dagster import DagsterInstance
+
+from helix_pipelines_tests.support.db_fixtures import subprocess_env
+from helix_pipelines_tests.support.generate import write_qa_csv
+
+PERCENT = re.compile(r"(\d+\.\d)% [\d.]+ [KMG]?B/")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def spawn_cli(settings, *args: str, **extra_env: str) -> pexpect.spawn:
+    return pexpect.spawn(
+        sys.executable, ["-m", "helix_pipelines.cli", *args],
+        env=subprocess_env(settings, **extra_env),
+        dimensions=(40, 220), timeout=240, encoding="utf-8", codec_errors="replace",
+    )  # fmt: skip
+
+
+def cli_json(settings, *args: str):
+    done = subprocess.run(
+        [sys.executable, "-m", "helix_pipelines.cli", *args, "--json"],
+        env=subprocess_env(settings), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def read_all(child: pexpect.spawn, on_chunk=None) -> str:
+    output = []
+    while True:
+        try:
+            chunk = child.read_nonblocking(65536, timeout=240)
+        except pexpect.EOF:
+            break
+        output.append(chunk)
+        if on_chunk is not None:
+            on_chunk(chunk)
+    child.close()
+    return "".join(output)
+
+
+@pytest.mark.slow
+def test_the_bar_advances_on_a_terminal_and_status_shows_percent(engine, settings, tmp_path):
+    path = write_qa_csv(tmp_path / "big.csv", 200_000, seed=11).path
+    child = spawn_cli(settings, "import", "--no-embed", str(path))
+    seen: list[float] = []
+    statuses: list[dict] = []
+
+    def on_chunk(chunk: str) -> None:
+        seen.extend(float(p) for p in PERCENT.findall(chunk))
+        if not statuses and seen and 0 < seen[-1] < 50:  # part-way: ask `status` once
+            statuses.append(cli_json(settings, "status"))
+
+    output = read_all(child, on_chunk)
+    assert child.exitstatus == 0, ANSI.sub("", output)[-3000:]
+    part_way = sorted({p for p in seen if 0 < p < 100})
+    assert len(part_way) >= 3, f"the bar did not advance: {sorted(set(seen))}"
+    assert seen == sorted(seen) and seen[-1] == 100.0
+    text = ANSI.sub("", output)
+    assert "rows/s" in text and "left" in text and "pairs" in text and "errors" in text
+    assert "DEBUG" not in text and "STEP_START" not in text  # Dagster's lines need -v
+    assert "big.csv: completed_with_errors" in text and "200000 rows" in text
+    [listing] = statuses
+    [running] = [job for job in listing if job["status"] == "processing"]
+    assert 0 < running["progress"]["percent"] < 100
+    assert running["progress"]["time_left_s"] is not None
+
+
+@pytest.mark.slow
+def test_json_on_a_terminal_is_only_json(engine, settings, tmp_path):
+    path = write_qa_csv(tmp_path / "small.csv", 3000, seed=12).path
+    child = spawn_cli(settings, "import", "--json", "--no-embed", str(path))
+    output = read_all(child)
+    assert child.exitstatus == 0, output[-3000:]
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines and all(json.loads(line)["status"] for line in lines), output[-3000:]
+
+
+@pytest.mark.slow
+def test_a_running_imports_event_log_holds_rising_percentages(engine, settings, tmp_path):
+    path = write_qa_csv(tmp_path / "logged.csv", 100_000, seed=13).path
+    done = subprocess.run(
+        [sys.executable, "-m", "helix_pipelines.cli", "import", "--json", "--no-embed", str(path)],
+        env=subprocess_env(settings, HELIX_PROGRESS_LOG_S="0.5"),
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with DagsterInstance.from_config(str(settings.home / "dagster")) as instance:
+        [run] = instance.get_runs()
+        messages = [
+            entry.user_message
+            for entry in instance.all_logs(run.run_id)
+            if entry.step_key == "qa_pairs" and "progress:" in entry.user_message
+        ]
+    percents = [float(re.search(r"([\d.]+)% of the file", m).group(1)) for m in messages]
+    assert len(percents) >= 3, messages
+    assert percents == sorted(percents) and percents[0] < 50 and percents[-1] > 90
+    assert all("rows/s" in m and "time left" in m for m in messages)
+
+
+@pytest.mark.slow
+def test_the_embedding_step_logs_its_progress(engine, settings, tmp_path):
+    path = write_qa_csv(tmp_path / "embedded.csv", 1500, seed=14).path
+    done = subprocess.run(
+        [sys.executable, "-m", "helix_pipelines.cli", "import", "--json", str(path)],
+        env=subprocess_env(settings, HELIX_PROGRESS_LOG_S="0.5"),
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with DagsterInstance.from_config(str(settings.home / "dagster")) as instance:
+        [run] = instance.get_runs()
+        messages = [
+            entry.user_message
+            for entry in instance.all_logs(run.run_id)
+            if entry.step_key == "qa_embeddings" and "progress:" in entry.user_message
+        ]
+    assert messages and "0.0% embedded" in messages[0], messages
+    assert "100.0% embedded" in messages[-1] and "pairs/s" in messages[-1]
