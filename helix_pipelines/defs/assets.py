@@ -7,6 +7,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetSpec,
     BackfillPolicy,
     Backoff,
     Config,
@@ -19,6 +20,7 @@ from dagster import (
     TableRecord,
     TableSchema,
     asset,
+    multi_asset,
 )
 from pydantic import Field
 
@@ -242,14 +244,33 @@ def _embedding_check(name: str, description: str) -> AssetCheckSpec:
     )
 
 
-@asset(
+# A multi_asset of one asset: `can_subset` makes the check outputs optional, so that a run over
+# a range of partitions records each partition's checks as evaluations of its own (below)
+# instead of one result for the whole range.
+@multi_asset(
+    name="qa_embeddings",
+    specs=[
+        AssetSpec(
+            "qa_embeddings",
+            deps=[qa_pairs],
+            group_name="knowledge_base",
+            kinds={"postgres", "openai"},
+            owners=OWNERS,
+            tags={"format": "pgvector", "layer": "embedding"},
+            code_version=EMBEDDINGS_CODE_VERSION,
+            partitions_def=import_files,
+            description=(
+                "Embeddings of the partition's pairs in qa_pair.embedding (pgvector), through "
+                "the configured provider under the deployment-wide rate limiter and circuit "
+                "breaker. Pairs left pending by an outage or a rate limit are picked up by the "
+                "pending-embeddings sensor; a run that stopped early for that reason fails, "
+                "after recording what it did. Backfills run up to "
+                f"{EMBED_PARTITIONS_PER_RUN} partitions per run."
+            ),
+        )
+    ],
     partitions_def=import_files,
-    deps=[qa_pairs],
-    group_name="knowledge_base",
-    kinds={"postgres", "openai"},
-    owners=OWNERS,
-    tags={"format": "pgvector", "layer": "embedding"},
-    code_version=EMBEDDINGS_CODE_VERSION,
+    can_subset=True,
     pool="embedding_api",
     retry_policy=EMBED_RETRY,
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=EMBED_PARTITIONS_PER_RUN),
@@ -270,13 +291,6 @@ def _embedding_check(name: str, description: str) -> AssetCheckSpec:
             "ERROR after HELIX_PENDING_AGE_ERROR_S.",
         ),
     ],
-    description=(
-        "Embeddings of the partition's pairs in qa_pair.embedding (pgvector), through the "
-        "configured provider under the deployment-wide rate limiter and circuit breaker. Pairs "
-        "left pending by an outage or a rate limit are picked up by the pending-embeddings "
-        "sensor; a run that stopped early for that reason fails, after recording what it did. "
-        f"Backfills run up to {EMBED_PARTITIONS_PER_RUN} partitions per run."
-    ),
 )
 def qa_embeddings(
     context: AssetExecutionContext,
@@ -314,7 +328,8 @@ def qa_embeddings(
         if stopped:
             break  # the API is in trouble: the rest waits for the sensor or the next run
     if not single:
-        yield MaterializeResult()  # per-partition metadata and checks were recorded above
+        # Per-partition metadata and checks were recorded above.
+        yield MaterializeResult(asset_key=QA_EMBEDDINGS)
     if stopped:
         raise stopped_early(stopped, [k for k in keys if k not in stopped])
 
@@ -330,7 +345,9 @@ def _record(context, engine, job, embedding: EmbeddingResource, single: bool, ru
     metadata, checks = embedding_state(engine, job, embedding.check_limits(), blocked)
     metadata = metadata_values(metadata | run)
     if single:
-        return MaterializeResult(metadata=metadata, check_results=[check_result(c) for c in checks])
+        selected = {key.name for key in context.selected_asset_check_keys}
+        results = [check_result(c) for c in checks if c.name in selected]
+        return MaterializeResult(asset_key=QA_EMBEDDINGS, metadata=metadata, check_results=results)
     context.add_asset_metadata(metadata, partition_key=job.partition_key)
     for outcome in checks:
         context.log_event(check_evaluation(QA_EMBEDDINGS, outcome, job.partition_key))

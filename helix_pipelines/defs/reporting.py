@@ -15,12 +15,15 @@ from dagster import (
     AssetCheckSeverity,
     AssetKey,
     AssetMaterialization,
+    DagsterInstance,
     MetadataValue,
+    job,
+    op,
 )
 
 from helix_pipelines.db import jobs
 from helix_pipelines.db.embeddings import coverage
-from helix_pipelines.db.health import vector_health
+from helix_pipelines.db.health import embedding_fingerprints, vector_health
 from helix_pipelines.pipeline import health
 from helix_pipelines.pipeline.embedding import EmbedReport
 from helix_pipelines.pipeline.health import CheckLimits, CheckOutcome
@@ -129,13 +132,57 @@ def report_embeddings(
     return reported
 
 
+def fingerprints(engine) -> dict[str, tuple]:
+    """Take before an operator's embedding run; `report_touched` compares after it."""
+    return embedding_fingerprints(engine)
+
+
+def report_touched(
+    emit: Emit,
+    engine,
+    before: dict[str, tuple],
+    limits: CheckLimits,
+    blocked: dict | None,
+    extra: dict | None = None,
+    known: Callable[[str], bool] = lambda key: True,
+) -> list[str]:
+    """Report every partition whose embeddings changed since `before` (and that Dagster knows:
+    `known`), whichever import the run was asked for: a release of parked pairs or a re-queue
+    touches others too."""
+    keys = [key for key in health.touched(before, embedding_fingerprints(engine)) if known(key)]
+    return report_embeddings(emit, engine, keys, limits, blocked, extra)
+
+
 def report_rollback(
     emit: Emit, engine, job: jobs.Job, limits: CheckLimits, extra: dict | None = None
 ) -> None:
     """A rolled-back import stays visible as such: materializations of qa_pairs and
     qa_embeddings whose status is `rolled_back` and row count 0, and failing (WARN) checks that
     say why. The partition is kept, so its history stays readable."""
+    job = jobs.get_job(engine, job.id)
     common = {"status": job.status, "dagster/row_count": 0} | (extra or {})
     emit(AssetMaterialization(QA_PAIRS, partition=job.partition_key, metadata=common))
     emit(check_evaluation(QA_PAIRS, health.accounting(job), job.partition_key))
     report_embeddings(emit, engine, [job.partition_key], limits, None, common)
+
+
+def record_in_a_run(
+    instance: DagsterInstance, job_name: str, events: list, tags: dict | None = None
+) -> str | None:
+    """Log events recorded outside Dagster (the CLI's work) in a small run of their own, named
+    after the command: the UI shows who changed the partition and when. Not runless events:
+    Dagster keeps one runless check evaluation per check and partition, ever, so a second
+    report on the same partition (embed, then rollback) would fail to store."""
+    if not events:
+        return None
+
+    @op(name="record")
+    def record(context) -> None:  # no annotation: a string under `annotations` confuses @op
+        for event in events:
+            context.log_event(event)
+
+    @job(name=job_name, description="Records what a helix-pipelines command changed.")
+    def recording_job():
+        record()
+
+    return recording_job.execute_in_process(instance=instance, tags=tags or {}).run_id
