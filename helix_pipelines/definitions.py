@@ -22,7 +22,6 @@ from helix_pipelines.defs.sensors import (
 from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 from helix_pipelines.settings import Settings, load_settings
 
-
 # import_job runs one partition per run (the smaller of its assets' backfill policies, which is
 # what an import wants); qa_embeddings alone batches partitions in backfills. Dagster warns
 # about the mix each time it resolves the job: known and intended.
