@@ -250,3 +250,56 @@ def test_import_no_embed_shows_accounting_and_the_rejected_rows(engine, settings
     exported = pd.read_csv(export)
     assert list(exported.columns) == ["source_row", "error_code", "message", "raw_excerpt"]
     assert exported["source_row"].tolist() == [e["source_row"] for e in stored]
+
+
+def test_a_launchpad_column_mapping_and_keep_duplicates_reach_the_import(
+    engine, instance, resources, tmp_path
+):
+    from helix_pipelines.pipeline.intake import intake_file
+
+    source = tmp_path / "odd headers.csv"
+    source.write_text("Frage,Antwort,Notiz\nWie?,So.,x\nWo?,Da.,y\nWie?,So.,z\n", "utf-8")
+    job, _ = intake_file(engine, source, files_dir=tmp_path / "files", max_file_bytes=10**6,
+                         move=False)  # fmt: skip
+    instance.add_dynamic_partitions(import_files.name, [job.partition_key])
+    config = {"column_mapping": {"question": "Frage", "answer": "Antwort"},
+              "keep_duplicates": True}  # fmt: skip
+
+    result = materialize(
+        [qa_pairs], partition_key=job.partition_key, instance=instance, resources=resources,
+        run_config={"ops": {"qa_pairs": {"config": config}}},
+    )  # fmt: skip
+
+    assert result.success
+    done = jobs.get_job(engine, job.id)
+    assert (done.pairs_created, done.duplicates_skipped, done.row_errors) == (3, 0, 0)
+    assert done.options == config  # a retried or resumed run reads the file the same way
+    shown = latest_materialization(instance, PAIRS, job.partition_key)
+    schema = {c.name: c.description for c in shown["dagster/column_schema"].columns}
+    assert schema == {"Frage": "qa_pair.question", "Antwort": "qa_pair.answer", "Notiz": "ignored"}
+    assert latest_check(instance, PAIRS, ACCOUNTING_CHECK, job.partition_key).passed
+
+
+def test_a_run_that_stopped_early_records_what_it_did_then_fails(
+    engine, instance, database_url, tmp_path, fake_openai
+):
+    from helix_pipelines_tests.defs.test_embedding_defs import resources as openai_resources
+
+    job_id, key = insert_job(engine, sample_pairs(8))
+    instance.add_dynamic_partitions(import_files.name, [key])
+    fake_openai.set_fault_rates({"503": 1.0})
+    res = openai_resources(database_url, tmp_path, fake_openai, breaker_failures=2)
+
+    result = materialize(
+        [qa_embeddings], partition_key=key, instance=instance, resources=res,
+        raise_on_error=False,
+    )  # fmt: skip
+
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "stopped early" in failure.step_failure_data.user_failure_data.description
+    assert fake_openai.stats.requests <= 3  # no step retry on top of the open circuit
+    shown = latest_materialization(instance, EMBEDDINGS, key)
+    assert shown["stopped_early"] is True and "circuit" in shown["stopped_reason"]
+    assert shown["pending"] == 8 == status_counts(engine, job_id)["pending"]
+    assert not latest_check(instance, EMBEDDINGS, COVERAGE_CHECK, key).passed
