@@ -14,7 +14,11 @@ from dagster import instance_for_test, materialize
 from helix_pipelines.db.embeddings import PARKED_PREFIX
 from helix_pipelines.defs.assets import qa_embeddings
 from helix_pipelines.defs.partitions import import_files
-from helix_pipelines.defs.resources import DatabaseResource, EmbeddingResource
+from helix_pipelines.defs.resources import (
+    DatabaseResource,
+    EmbeddingResource,
+    ImportSettingsResource,
+)
 from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM, subprocess_env
 from helix_pipelines_tests.support.embed_driver import (
     insert_job,
@@ -75,6 +79,9 @@ def test_a_refused_key_never_shows_in_dagster_events(engine, database_url, tmp_p
         ),
         "embedding": EmbeddingResource(
             provider="openai", api_key=WRONG_KEY, base_url=fake_openai.base_url, dim=DIM
+        ),
+        "import_settings": ImportSettingsResource(
+            inbox_dir=str(tmp_path / "inbox"), files_dir=str(tmp_path / "files")
         ),
     }
     with instance_for_test() as instance:
