@@ -31,6 +31,9 @@ def register(verbs, *, add_json_flag) -> None:
 
     status = verbs.add_parser("status", help="import jobs and their counts")
     status.add_argument("job", nargs="?", help="a job id or partition key")
+    status.add_argument(
+        "--errors-csv", type=Path, metavar="FILE", help="write JOB's rejected rows to FILE as CSV"
+    )
     add_json_flag(status)
     status.set_defaults(handler=cmd_status)
 
@@ -213,6 +216,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             job = jobs.get_job(app.engine, args.job)
         except jobs.JobNotFound as exc:
             raise CliError(str(exc)) from exc
+        if args.errors_csv:
+            return _export_errors(app.engine, job, args.errors_csv, as_json=args.json)
         detail = (
             job_summary(app.engine, job.id)
             | {"embeddings_blocked": blocked}
@@ -232,6 +237,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             _print_job_detail(detail)
             _print_blocked(blocked)
         return 0
+    if args.errors_csv:
+        raise CliError("--errors-csv needs a JOB")
     listing = [
         job_summary(app.engine, j.id)
         | {"source_name": j.source_name, "embeddings_blocked": blocked}
@@ -268,6 +275,18 @@ def _progress_text(progress: dict | None) -> str:
     from helix_pipelines.core.progress import format_duration
 
     return f"{progress['percent']:.1f}%, {format_duration(progress['time_left_s'])} left"
+
+
+def _export_errors(engine, job: jobs.Job, path: Path, *, as_json: bool) -> int:
+    from helix_pipelines.cli import print_json
+    from helix_pipelines.pipeline.row_errors import write_errors_csv
+
+    written = write_errors_csv(engine, job.id, path)
+    if as_json:
+        print_json({"import_job_id": str(job.id), "errors_csv": str(path), "row_errors": written})
+    else:
+        print(f"{job.partition_key}: {written} row error(s) written to {path}")
+    return 0
 
 
 def _embeddings_blocked(settings: Settings, engine) -> dict | None:
@@ -369,6 +388,7 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
         "pairs_deleted": result.pairs_deleted,
         "pairs_handed_over": result.pairs_handed_over,
     }
+    _report_to_dagster(settings, "rollback", app.engine, rolled_back=job, extra=summary)
     if args.json:
         print_json(summary)
     else:
@@ -403,6 +423,7 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 
     app = runtime.open_app(settings)
+    before = _fingerprints(app.engine)
     requeued = 0
     if args.retry_failed is not None:
         requeued = retry_failed(app.engine, _job_id_or_all(app.engine, args.retry_failed))
@@ -412,6 +433,7 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
                 app.engine, operator=True, on_progress=bar
             )
     except ProviderConfigError as exc:
+        _report_to_dagster(settings, "embed", app.engine, before=before)
         raise CliError(exc.message) from exc
     result = {
         "requeued": requeued,
@@ -424,6 +446,7 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
         "circuit_state": circuit_state,
         "stopped_reason": report.stopped_reason,
     }
+    _report_to_dagster(settings, "embed", app.engine, before=before, extra=result)
     if args.json:
         print_json(result)
     else:
@@ -436,6 +459,48 @@ def cmd_embed(settings: Settings, args: argparse.Namespace) -> int:
         if report.stopped_reason:
             print(f"  stopped early: {report.stopped_reason}")
     return 0
+
+
+def _fingerprints(engine) -> dict:
+    from helix_pipelines.defs.reporting import fingerprints
+
+    return fingerprints(engine)
+
+
+def _report_to_dagster(settings, verb, engine, *, before=None, rolled_back=None, extra=None):
+    """What this command changed, on its partitions in the UI: qa_embeddings materializations
+    and checks after `embed`, the rolled-back record after `rollback`, logged in a run named
+    `helix_cli_<verb>` (defs.reporting.record_in_a_run says why not runless events)."""
+    from dagster import DagsterInstance
+
+    from helix_pipelines.defs import reporting
+    from helix_pipelines.defs.partitions import import_files
+    from helix_pipelines.devserver import dagster_environment
+    from helix_pipelines.pipeline.embedding_setup import setup_from_settings
+    from helix_pipelines.pipeline.health import CheckLimits
+
+    os.environ["DAGSTER_HOME"] = dagster_environment(settings)["DAGSTER_HOME"]
+    instance = DagsterInstance.get()
+    events: list = []
+    limits = CheckLimits(
+        dim=settings.embedding_dim, coverage_error_threshold=settings.coverage_error_threshold,
+        pending_age_warn_s=settings.pending_age_warn_s,
+        pending_age_error_s=settings.pending_age_error_s,
+    )  # fmt: skip
+    extra = {"reported_by": f"helix-pipelines {verb}"} | {
+        f"run_{k}": v for k, v in (extra or {}).items() if v is not None
+    }
+    if rolled_back is not None:
+        if instance.has_dynamic_partition(import_files.name, rolled_back.partition_key):
+            reporting.report_rollback(events.append, engine, rolled_back, limits, extra)
+    else:
+        reporting.report_touched(
+            events.append, engine, before, limits, setup_from_settings(settings).blocked(engine),
+            extra, known=lambda key: instance.has_dynamic_partition(import_files.name, key),
+        )  # fmt: skip
+    reporting.record_in_a_run(
+        instance, f"helix_cli_{verb}", events, tags={"helix/launched_by": "cli"}
+    )
 
 
 def _job_id_or_all(engine, job: str):

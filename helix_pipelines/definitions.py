@@ -1,5 +1,6 @@
 """The one composition root: reads the environment and wires the Dagster definitions."""
 
+import warnings
 from dataclasses import asdict
 
 from dagster import Definitions, EnvVar, in_process_executor
@@ -20,6 +21,13 @@ from helix_pipelines.defs.sensors import (
 )
 from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 from helix_pipelines.settings import Settings, load_settings
+
+# import_job runs one partition per run (the smaller of its assets' backfill policies, which is
+# what an import wants); qa_embeddings alone batches partitions in backfills. Dagster warns
+# about the mix each time it resolves the job: known and intended.
+warnings.filterwarnings(
+    "ignore", message="Asset job import_job materializes assets with varying BackfillPolicies"
+)
 
 
 def build_definitions(settings: Settings) -> Definitions:
@@ -61,7 +69,12 @@ def _embedding_resource(settings: Settings) -> EmbeddingResource:
     values = asdict(setup_from_settings(settings))
     # EnvVar: the UI and run configs show the variable's name, never the key.
     values["api_key"] = EnvVar("OPENAI_API_KEY") if settings.openai_api_key else None
-    return EmbeddingResource(**values, coverage_error_threshold=settings.coverage_error_threshold)
+    return EmbeddingResource(
+        **values,
+        coverage_error_threshold=settings.coverage_error_threshold,
+        pending_age_warn_s=settings.pending_age_warn_s,
+        pending_age_error_s=settings.pending_age_error_s,
+    )
 
 
 def _database_resource(settings: Settings) -> DatabaseResource:

@@ -60,6 +60,19 @@ class Settings(BaseSettings):
         0.99, ge=0, le=1, validation_alias="HELIX_COVERAGE_THRESHOLD"
     )
 
+    pending_age_warn_s: float = Field(
+        3600.0,
+        gt=0,
+        validation_alias="HELIX_PENDING_AGE_WARN_S",
+        description="oldest-pending-embedding check: WARN once a pair has waited this long",
+    )
+    pending_age_error_s: float = Field(
+        86400.0,
+        gt=0,
+        validation_alias="HELIX_PENDING_AGE_ERROR_S",
+        description="oldest-pending-embedding check: ERROR once a pair has waited this long",
+    )
+
     max_question_chars: int = Field(4000, ge=1, validation_alias="HELIX_MAX_QUESTION_CHARS")
     max_answer_chars: int = Field(32000, ge=1, validation_alias="HELIX_MAX_ANSWER_CHARS")
     max_file_bytes: int = Field(2 * 1024**3, ge=1, validation_alias="HELIX_MAX_FILE_BYTES")

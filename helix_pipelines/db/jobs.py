@@ -205,6 +205,13 @@ def set_format(engine: Engine, job_id: uuid.UUID, file_format: str, summary: dic
         )
 
 
+def merge_options(engine: Engine, job_id: uuid.UUID, options: dict) -> Job:
+    """Merge a launch's options (column mapping, keep duplicates) into the job's stored ones,
+    so a resumed or retried run reads the file the same way."""
+    with engine.begin() as conn:
+        return _update(conn, job_id, options=merge_jsonb(import_job.c.options, options))
+
+
 def merge_jsonb(column, values: dict):
     """`column || values`, treating NULL as an empty object."""
     empty = sa.text("'{}'::jsonb")

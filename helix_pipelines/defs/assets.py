@@ -2,27 +2,42 @@
 
 import contextlib
 
+import pandas as pd
 from dagster import (
-    AssetCheckEvaluation,
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetSpec,
+    BackfillPolicy,
     Backoff,
+    Config,
     Failure,
     Jitter,
     MaterializeResult,
     MetadataValue,
     RetryPolicy,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     asset,
+    multi_asset,
 )
+from pydantic import Field
 
 from helix_pipelines import metrics
 from helix_pipelines.core.errors import is_transient
 from helix_pipelines.db import jobs
-from helix_pipelines.db.embeddings import coverage
 from helix_pipelines.defs.partitions import import_files
 from helix_pipelines.defs.progress import EmbedProgressLog, ImportProgressLog
+from helix_pipelines.defs.reporting import (
+    QA_EMBEDDINGS,
+    QA_PAIRS,
+    check_evaluation,
+    check_result,
+    embedding_state,
+    metadata_values,
+    run_metadata,
+)
 from helix_pipelines.defs.resources import (
     DatabaseResource,
     EmbeddingResource,
@@ -30,8 +45,15 @@ from helix_pipelines.defs.resources import (
 )
 from helix_pipelines.defs.runs import TERMINAL, keep_alive
 from helix_pipelines.embedding.base import ProviderConfigError
-from helix_pipelines.pipeline.embedding import EmbedReport
+from helix_pipelines.pipeline import health
+from helix_pipelines.pipeline.health import (
+    ACCOUNTING_CHECK,
+    COVERAGE_CHECK,
+    DIMENSION_CHECK,
+    PENDING_AGE_CHECK,
+)
 from helix_pipelines.pipeline.importing import BatchFailed, ImportReport, import_file
+from helix_pipelines.pipeline.row_errors import first_errors_frame
 
 # A step retry resumes from the job's checkpoint; run retries do not stack on it (dagster.yaml).
 IMPORT_RETRY = RetryPolicy(
@@ -39,24 +61,72 @@ IMPORT_RETRY = RetryPolicy(
 )
 
 
+class QaPairsConfig(Config):
+    """Launchpad options of one import, merged into the job's stored options (import_job.options)
+    so that a resumed or retried run reads the file the same way. Empty: the stored options."""
+
+    column_mapping: dict[str, str] | None = Field(
+        default=None,
+        description="Which column holds what: role (question, answer, category) to the file's "
+        'header, e.g. {"question": "Frage", "answer": "Antwort"}. Unset: headers are '
+        "recognised by name and alias.",
+    )
+    keep_duplicates: bool | None = Field(
+        default=None,
+        description="Keep pairs already stored (same content) instead of skipping them. "
+        "Unset: the job's stored option (false unless given at import).",
+    )
+
+    def options(self) -> dict:
+        given = {"column_mapping": self.column_mapping, "keep_duplicates": self.keep_duplicates}
+        return {key: value for key, value in given.items() if value is not None}
+
+
+OWNERS = ["team:knowledge-base"]
+# Bump when the logic changes what a materialization means (Dagster then shows it as changed).
+PAIRS_CODE_VERSION = "2"
+EMBEDDINGS_CODE_VERSION = "2"
+ROW_ERRORS_SHOWN = 20
+
+
 @asset(
     partitions_def=import_files,
     group_name="knowledge_base",
-    kinds={"postgres"},
+    kinds={"postgres", "pandas"},
+    owners=OWNERS,
+    tags={"format": "csv-tsv-json-jsonl-xlsx", "layer": "import"},
+    code_version=PAIRS_CODE_VERSION,
     retry_policy=IMPORT_RETRY,
+    check_specs=[
+        AssetCheckSpec(
+            ACCOUNTING_CHECK,
+            asset="qa_pairs",
+            blocking=True,
+            partitions_def=import_files,
+            description=(
+                "The import accounted for every row: rows_total = pairs_created + "
+                "duplicates_skipped + row_errors. Blocking: a broken import does not flow on "
+                "to embedding. A rolled-back import fails it (WARN) and says so."
+            ),
+        )
+    ],
     description=(
         "Question/answer pairs parsed from one imported file (one partition per file), "
         "validated, deduplicated and committed to qa_pair in checkpointed batches. Rejected "
-        "rows go to import_row_error with their row number and reason."
+        "rows go to import_row_error with their row number and reason; the first of them are "
+        "listed on each materialization."
     ),
 )
 def qa_pairs(
     context: AssetExecutionContext,
+    config: QaPairsConfig,
     database: DatabaseResource,
     import_settings: ImportSettingsResource,
 ) -> MaterializeResult:
     engine = database.get_engine()
     job = jobs.get_job(engine, context.partition_key)
+    if config.options():
+        job = jobs.merge_options(engine, job.id, config.options())
     try:
         report = import_file(
             engine,
@@ -74,9 +144,15 @@ def qa_pairs(
             raise  # the RetryPolicy resumes from the checkpoint
         raise terminal_failure(f"{type(exc).__name__}: {exc}") from exc
     _count_rows(job, report.job)
+    accounting = health.accounting(report.job)
     if report.job.status == "failed":
+        context.log_event(check_evaluation(QA_PAIRS, accounting, context.partition_key))
         raise terminal_failure(report.job.last_error or "the file could not be read")
-    return MaterializeResult(metadata=import_metadata(report))
+    return MaterializeResult(
+        metadata=import_metadata(report, first_errors_frame(engine, job.id, ROW_ERRORS_SHOWN)),
+        check_results=[check_result(accounting)],
+        tags={"helix/format": report.job.format or "unknown"},
+    )
 
 
 def terminal_failure(description: str) -> Failure:
@@ -85,12 +161,14 @@ def terminal_failure(description: str) -> Failure:
     return Failure(description=description, allow_retries=False, metadata={TERMINAL: True})
 
 
-def import_metadata(report: ImportReport) -> dict:
+def import_metadata(report: ImportReport, first_errors: pd.DataFrame | None = None) -> dict:
     job = report.job
-    summary = report.summary or {}
-    return {
+    summary = report.summary or (job.checkpoint_data or {}).get("summary") or {}
+    metadata = {
         "import_job_id": str(job.id),
         "source_name": job.source_name,
+        "stored_file": MetadataValue.path(job.source_path or ""),
+        "source_sha256": job.source_sha256 or "",
         "status": job.status,
         "format": job.format or "",
         "encoding": str(summary.get("encoding") or ""),
@@ -98,13 +176,47 @@ def import_metadata(report: ImportReport) -> dict:
         "pairs_created": job.pairs_created,
         "duplicates_skipped": job.duplicates_skipped,
         "row_errors": job.row_errors,
+        "dagster/row_count": job.pairs_created,
+        "dagster/column_schema": column_schema(summary),
         "batches": report.batches,
         "batch_size": report.batch_size,
         "batch_retries": report.retries,
         "duration_s": MetadataValue.float(round(report.duration_s, 3)),
         "rows_per_s": MetadataValue.float(round(report.rows_per_s, 1)),
         "columns": MetadataValue.json(summary.get("columns") or {}),
+        "options": MetadataValue.json(job.options or {}),
     }
+    if first_errors is not None:
+        metadata["first_row_errors"] = row_error_table(first_errors)
+    return metadata
+
+
+def column_schema(summary: dict) -> TableSchema:
+    """The columns found in the file and what each became (the mapping used)."""
+    columns = [
+        TableColumn(name=str(header), type="text", description=f"qa_pair.{role}")
+        for role, header in (summary.get("columns") or {}).items()
+    ]
+    columns += [
+        TableColumn(name=str(header), type="text", description="ignored")
+        for header in summary.get("ignored_columns") or []
+    ]
+    return TableSchema(columns=columns)
+
+
+ROW_ERROR_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("source_row", "int", description="row number in the file"),
+        TableColumn("error_code", "string"),
+        TableColumn("message", "string"),
+        TableColumn("raw_excerpt", "string", description="control characters escaped"),
+    ]
+)
+
+
+def row_error_table(frame: pd.DataFrame) -> MetadataValue:
+    records = [TableRecord(record) for record in frame.to_dict("records")]
+    return MetadataValue.table(records=records, schema=ROW_ERROR_SCHEMA)
 
 
 def _count_rows(before: jobs.Job, after: jobs.Job) -> None:
@@ -124,144 +236,155 @@ def _note_error(engine, job_id, exc: BaseException) -> None:
 EMBED_RETRY = RetryPolicy(
     max_retries=3, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
-COVERAGE_CHECK = "embedding_coverage"
-DIMENSION_CHECK = "embedding_dimensions"
-ACCOUNTING_CHECK = "import_accounting"
+# A backfill of many small imports runs this many partitions per run, one after another.
+EMBED_PARTITIONS_PER_RUN = 25
 
 
-@asset(
+def _embedding_check(name: str, description: str) -> AssetCheckSpec:
+    return AssetCheckSpec(
+        name, asset="qa_embeddings", partitions_def=import_files, description=description
+    )
+
+
+# A multi_asset of one asset: `can_subset` makes the check outputs optional, so that a run over
+# a range of partitions records each partition's checks as evaluations of its own (below)
+# instead of one result for the whole range.
+@multi_asset(
+    name="qa_embeddings",
+    specs=[
+        AssetSpec(
+            "qa_embeddings",
+            deps=[qa_pairs],
+            group_name="knowledge_base",
+            kinds={"postgres", "openai"},
+            owners=OWNERS,
+            tags={"format": "pgvector", "layer": "embedding"},
+            code_version=EMBEDDINGS_CODE_VERSION,
+            partitions_def=import_files,
+            description=(
+                "Embeddings of the partition's pairs in qa_pair.embedding (pgvector), through "
+                "the configured provider under the deployment-wide rate limiter and circuit "
+                "breaker. Pairs left pending by an outage or a rate limit are picked up by the "
+                "pending-embeddings sensor; a run that stopped early for that reason fails, "
+                "after recording what it did. Backfills run up to "
+                f"{EMBED_PARTITIONS_PER_RUN} partitions per run."
+            ),
+        )
+    ],
     partitions_def=import_files,
-    deps=[qa_pairs],
-    group_name="knowledge_base",
-    kinds={"postgres", "openai"},
+    can_subset=True,
     pool="embedding_api",
     retry_policy=EMBED_RETRY,
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=EMBED_PARTITIONS_PER_RUN),
     check_specs=[
-        AssetCheckSpec(
+        _embedding_check(
             COVERAGE_CHECK,
-            asset="qa_embeddings",
-            description=(
-                "Share of the partition's pairs with a completed embedding: ERROR under the "
-                "configured threshold (default 0.99), WARN under 1.0."
-            ),
+            "Share of the partition's pairs with a completed embedding: ERROR under the "
+            "configured threshold (default 0.99), WARN under 1.0.",
         ),
-        AssetCheckSpec(
+        _embedding_check(
             DIMENSION_CHECK,
-            asset="qa_embeddings",
-            description=("Every stored vector has the configured dimension."),
+            "Read from the stored vectors, not the status column: every completed pair has a "
+            "vector, and every vector has the configured width (vector_dims).",
         ),
-        AssetCheckSpec(
-            ACCOUNTING_CHECK,
-            asset="qa_embeddings",
-            description=(
-                "The import accounted for every row: rows_total = pairs_created + "
-                "duplicates_skipped + row_errors."
-            ),
+        _embedding_check(
+            PENDING_AGE_CHECK,
+            "How long the oldest pending pair has waited: WARN after HELIX_PENDING_AGE_WARN_S, "
+            "ERROR after HELIX_PENDING_AGE_ERROR_S.",
         ),
-    ],  # fmt: skip
-    description=(
-        "Embeddings of the partition's pairs in qa_pair.embedding (pgvector), through the "
-        "configured provider under the deployment-wide rate limiter and circuit breaker. Pairs "
-        "left pending by an outage or a rate limit are picked up by the pending-embeddings sensor."
-    ),
+    ],
 )
 def qa_embeddings(
     context: AssetExecutionContext,
     database: DatabaseResource,
     embedding: EmbeddingResource,
     import_settings: ImportSettingsResource,
-) -> MaterializeResult:
+):
     engine = database.get_engine()
-    job = jobs.get_job(engine, context.partition_key)
-    if job.status in ("rolling_back", "rolled_back"):
-        verb = "is being" if job.status == "rolling_back" else "was"
-        raise terminal_failure(f"import {job.partition_key} {verb} rolled back: nothing to embed")
-    try:
-        with keep_alive(context, engine, import_settings, kind="embed"):
-            report, circuit_state = embedding.setup().embed(
-                engine, job_id=job.id, observer=metrics.PrometheusEmbedObserver(),
-                on_progress=EmbedProgressLog(context, import_settings.progress_log_s),
-            )  # fmt: skip
-    except ProviderConfigError as exc:
-        raise _blocked(context, engine, job.id, embedding, exc) from exc
-    if report.stopped_reason:
-        context.log.warning(f"stopped early: {report.stopped_reason}")
-    return MaterializeResult(
-        metadata=embedding_metadata(report, circuit_state),
-        check_results=embedding_checks(engine, job.id, embedding),
+    keys = context.partition_keys
+    single = len(keys) == 1
+    stopped: dict[str, str] = {}
+    for key in keys:
+        job = jobs.get_job(engine, key)
+        if job.status in health.ROLLED_BACK:
+            if single:
+                raise terminal_failure(f"import {key} {_rolled_back_verb(job)} rolled back")
+            context.log.warning(f"import {key} {_rolled_back_verb(job)} rolled back: skipped")
+            _record(context, engine, job, embedding, single=False, run={"skipped": True})
+            continue
+        try:
+            with keep_alive(context, engine, import_settings, kind="embed", partition_key=key):
+                report, circuit_state = embedding.setup().embed(
+                    engine, job_id=job.id, observer=metrics.PrometheusEmbedObserver(),
+                    on_progress=EmbedProgressLog(context, import_settings.progress_log_s),
+                )  # fmt: skip
+        except ProviderConfigError as exc:
+            raise _blocked(context, engine, key, embedding, exc) from exc
+        if report.stopped_reason:
+            context.log.warning(f"{key}: stopped early: {report.stopped_reason}")
+            stopped[key] = report.stopped_reason
+        result = _record(
+            context, engine, job, embedding, single, run_metadata(report, circuit_state)
+        )
+        if single:
+            yield result
+        if stopped:
+            break  # the API is in trouble: the rest waits for the sensor or the next run
+    if not single:
+        # Per-partition metadata and checks were recorded above.
+        yield MaterializeResult(asset_key=QA_EMBEDDINGS)
+    if stopped:
+        raise stopped_early(stopped, [k for k in keys if k not in stopped])
+
+
+def _rolled_back_verb(job: jobs.Job) -> str:
+    return "is being" if job.status == "rolling_back" else "was"
+
+
+def _record(context, engine, job, embedding: EmbeddingResource, single: bool, run: dict):
+    """The partition's embeddings as they now stand: a MaterializeResult of a one-partition
+    run, or partition-scoped metadata and check evaluations of a run over a range."""
+    blocked = embedding.setup().blocked(engine)
+    metadata, checks = embedding_state(engine, job, embedding.check_limits(), blocked)
+    metadata = metadata_values(metadata | run)
+    if single:
+        selected = {key.name for key in context.selected_asset_check_keys}
+        results = [check_result(c) for c in checks if c.name in selected]
+        return MaterializeResult(asset_key=QA_EMBEDDINGS, metadata=metadata, check_results=results)
+    context.add_asset_metadata(metadata, partition_key=job.partition_key)
+    for outcome in checks:
+        context.log_event(check_evaluation(QA_EMBEDDINGS, outcome, job.partition_key))
+    return None
+
+
+def stopped_early(stopped: dict[str, str], not_reached: list[str]) -> Failure:
+    """After the materialization is recorded: the run fails, so that the run list shows the
+    trouble. No step retry (the circuit or the rate limit needs time, not an immediate retry);
+    the pending-embeddings sensor requests the rest when the API is healthy again."""
+    reasons = "; ".join(f"{key}: {reason}" for key, reason in stopped.items())
+    return Failure(
+        description=f"embedding stopped early ({reasons}); the pending pairs wait for the "
+        "pending-embeddings sensor",
+        metadata={"stopped_early": MetadataValue.json(stopped), "not_reached": len(not_reached)},
+        allow_retries=False,
     )
 
 
-def _blocked(context, engine, job_id, embedding: EmbeddingResource, exc) -> Failure:
+def _blocked(context, engine, key: str, embedding: EmbeddingResource, exc) -> Failure:
     """The checks still report (coverage says why nothing was embedded); the run fails without
     retries: no retry can succeed until the configuration or the account changes."""
-    for check in embedding_checks(engine, job_id, embedding):
-        context.log_event(
-            AssetCheckEvaluation(
-                asset_key=context.asset_key, check_name=check.check_name, passed=check.passed,
-                metadata=check.metadata, severity=check.severity,
-                partition=context.partition_key,
-            )
-        )  # fmt: skip
+    job = jobs.get_job(engine, key)
+    blocked = embedding.setup().blocked(engine)
+    _, checks = embedding_state(engine, job, embedding.check_limits(), blocked)
+    for outcome in checks:
+        context.log_event(check_evaluation(QA_EMBEDDINGS, outcome, key))
     metadata = {"embeddings_blocked": str(exc.blocker or ""), TERMINAL: True}
     return Failure(description=exc.message, metadata=metadata, allow_retries=False)
 
 
-def embedding_metadata(report: EmbedReport, circuit_state: str) -> dict:
-    return {
-        "embedded": report.embedded,
-        "failed": report.failed,
-        "still_pending": report.pending,
-        "requests": report.requests,
-        "retries": report.retries,
-        "rate_limited_429": report.rate_limited,
-        "tokens": report.tokens,
-        "latency_p50_s": MetadataValue.float(round(report.latency_percentile(50), 4)),
-        "latency_p95_s": MetadataValue.float(round(report.latency_percentile(95), 4)),
-        "estimated_cost_usd": MetadataValue.float(round(report.cost_usd, 6)),
-        "circuit_state": circuit_state,
-        "reset_for_model_change": report.reset_for_model,
-        "parked": report.parked,
-        "released_from_parking": report.released,
-        "stopped_reason": report.stopped_reason or "",
-    }
-
-
 def embedding_checks(engine, job_id, embedding: EmbeddingResource) -> list[AssetCheckResult]:
-    cov = coverage(engine, job_id, embedding.dim)
-    blocked = embedding.setup().blocked(engine)
+    """The partition's embedding checks as they stand now (tests and tools)."""
     job = jobs.get_job(engine, job_id)
-    accounted = job.pairs_created + job.duplicates_skipped + job.row_errors
-    return [
-        AssetCheckResult(
-            check_name=COVERAGE_CHECK,
-            passed=cov.ratio >= 1.0,
-            severity=(AssetCheckSeverity.ERROR if cov.ratio < embedding.coverage_error_threshold
-                      else AssetCheckSeverity.WARN),
-            metadata={
-                "coverage": MetadataValue.float(round(cov.ratio, 6)),
-                "total": cov.total,
-                "completed": cov.completed,
-                "pending": cov.pending,
-                "failed": cov.failed,
-                "commonest_failures": MetadataValue.json(
-                    [{"reason": r, "pairs": n} for r, n in cov.top_errors]),
-                "embeddings_blocked": (f"{blocked['reason']}: {blocked['message']}"
-                                       if blocked else ""),
-            },
-        ),
-        AssetCheckResult(
-            check_name=DIMENSION_CHECK,
-            passed=cov.wrong_dimension == 0,
-            metadata={"expected_dim": embedding.dim, "wrong_dimension": cov.wrong_dimension},
-        ),
-        AssetCheckResult(
-            check_name=ACCOUNTING_CHECK,
-            passed=job.finished and job.rows_total == accounted,
-            metadata={
-                "rows_total": job.rows_total, "pairs_created": job.pairs_created,
-                "duplicates_skipped": job.duplicates_skipped, "row_errors": job.row_errors,
-                "status": job.status,
-            },
-        ),
-    ]  # fmt: skip
+    blocked = embedding.setup().blocked(engine)
+    _, checks = embedding_state(engine, job, embedding.check_limits(), blocked)
+    return [check_result(c) for c in checks]

@@ -1,10 +1,18 @@
 """Operator jobs for the Launchpad, each with typed config."""
 
-from dagster import Config, Failure, OpExecutionContext, job, op
+from dagster import Config, Failure, MetadataValue, OpExecutionContext, job, op
 from pydantic import Field
 
 from helix_pipelines import metrics
 from helix_pipelines.db import jobs
+from helix_pipelines.defs.partitions import import_files
+from helix_pipelines.defs.reporting import (
+    fingerprints,
+    metadata_values,
+    report_rollback,
+    report_touched,
+    run_metadata,
+)
 from helix_pipelines.defs.resources import (
     DatabaseResource,
     EmbeddingResource,
@@ -80,29 +88,43 @@ def embed_pending_op(
 ) -> None:
     engine = database.get_engine()
     job_id = jobs.get_job(engine, config.import_job).id if config.import_job else None
+    before = fingerprints(engine)
     requeued = retry_failed(engine, job_id) if config.retry_failed else 0
     try:
         with keep_alive(context, engine, import_settings, kind="embed"):
-            report, _ = embedding.setup().embed(
+            report, circuit_state = embedding.setup().embed(
                 engine, job_id=job_id, observer=metrics.PrometheusEmbedObserver(), operator=True
             )
     except ProviderConfigError as exc:
+        _report_partitions(context, engine, embedding, before, {"requeued": requeued})
         raise Failure(
             description=exc.message,
             metadata={"embeddings_blocked": str(exc.blocker or ""), "requeued": requeued},
             allow_retries=False,
         ) from exc
+    summary = {"requeued": requeued} | run_metadata(report, circuit_state)
+    touched = _report_partitions(context, engine, embedding, before, summary)
     context.add_output_metadata(
-        {
-            "requeued": requeued,
-            "embedded": report.embedded,
-            "failed": report.failed,
-            "parked": report.parked,
-            "still_pending": report.pending,
-            "requests": report.requests,
-            "tokens": report.tokens,
-        }  # fmt: skip
+        metadata_values(summary) | {"partitions": MetadataValue.json(touched)}
     )
+    if report.stopped_reason:
+        raise Failure(
+            description=f"embedding stopped early: {report.stopped_reason}; the pending pairs "
+            "wait for the pending-embeddings sensor",
+            metadata={"stopped_reason": report.stopped_reason, "still_pending": report.pending},
+            allow_retries=False,
+        )
+
+
+def _report_partitions(context, engine, embedding: EmbeddingResource, before, run: dict):
+    """A materialization of qa_embeddings, with its checks, on every partition the run
+    touched: the UI then shows what this run did where it did it."""
+    return report_touched(
+        context.log_event, engine, before, embedding.check_limits(),
+        embedding.setup().blocked(engine), {f"run_{k}": v for k, v in run.items()} |
+        {"reported_by": f"{context.job_name} run {context.run_id}"},
+        known=lambda key: context.instance.has_dynamic_partition(import_files.name, key),
+    )  # fmt: skip
 
 
 @job(name="embed_pending", description="Embed every pending pair (or one import's) now.")
@@ -117,31 +139,36 @@ class RollbackConfig(Config):
 @op(
     description=(
         "Delete the pairs one import created, in batches, handing pairs that a surviving "
-        "import also held to the earliest such import; the job becomes rolled_back."
+        "import also held to the earliest such import; the job becomes rolled_back, and its "
+        "partition shows it: qa_pairs and qa_embeddings materialized with status rolled_back, "
+        "row count 0, and failing (WARN) checks."
     )
 )
 def rollback_import_op(
     context: OpExecutionContext,
     config: RollbackConfig,
     database: DatabaseResource,
+    embedding: EmbeddingResource,
     import_settings: ImportSettingsResource,
 ) -> None:
+    engine = database.get_engine()
     try:
         result = jobs.rollback_job(
-            database.get_engine(),
+            engine,
             config.import_job,
             run_id=context.run.run_id,
             stale_after_s=import_settings.stale_after_s,
         )
     except (jobs.JobNotFound, jobs.JobBusy) as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
-    context.add_output_metadata(
-        {
-            "pairs_deleted": result.pairs_deleted,
-            "pairs_handed_over": result.pairs_handed_over,
-            "status": result.job.status,
-        }
-    )
+    summary = {
+        "pairs_deleted": result.pairs_deleted,
+        "pairs_handed_over": result.pairs_handed_over,
+        "status": result.job.status,
+    }
+    if context.instance.has_dynamic_partition(import_files.name, result.job.partition_key):
+        report_rollback(context.log_event, engine, result.job, embedding.check_limits(), summary)
+    context.add_output_metadata(summary)
 
 
 @job(description="Undo an import: remove exactly the pairs it created.")

@@ -11,6 +11,7 @@ from helix_pipelines.core.parsing import ParseOptions
 from helix_pipelines.db.engine import cached_engine, resolve_database_url
 from helix_pipelines.db.migrate import check_embedding_dim
 from helix_pipelines.pipeline.embedding_setup import EmbeddingSetup
+from helix_pipelines.pipeline.health import CheckLimits
 from helix_pipelines.pipeline.importing import ImportOptions
 from helix_pipelines.pipeline.recovery import RecoveryPolicy
 
@@ -88,12 +89,22 @@ class EmbeddingResource(ConfigurableResource):
     max_attempts: int = 5
     truncate: bool = True
     coverage_error_threshold: float = 0.99
+    pending_age_warn_s: float = 3600.0
+    pending_age_error_s: float = 86400.0
 
     breaker_failures: int = 5
     breaker_recovery_s: float = 30.0
     send_dimensions: bool = True
     blocked_retry_s: float = 3600.0
     parked_retry_s: float = 900.0
+
+    def check_limits(self) -> CheckLimits:
+        return CheckLimits(
+            dim=self.dim,
+            coverage_error_threshold=self.coverage_error_threshold,
+            pending_age_warn_s=self.pending_age_warn_s,
+            pending_age_error_s=self.pending_age_error_s,
+        )
 
     def setup(self) -> EmbeddingSetup:
         return EmbeddingSetup(**{f.name: getattr(self, f.name) for f in fields(EmbeddingSetup)})

@@ -23,9 +23,13 @@ DEAD_RUN_TAG = "helix/dead_run"
 TERMINAL = "helix/terminal"
 
 
-def keep_alive(context, engine, import_settings, *, kind: str) -> Heartbeat:
-    """This run's heartbeat while the step works, the evidence recovery reads."""
-    partition_key = context.partition_key if context.has_partition_key else None
+def keep_alive(
+    context, engine, import_settings, *, kind: str, partition_key: str | None = None
+) -> Heartbeat:
+    """This run's heartbeat while the step works, the evidence recovery reads; a run over a
+    range of partitions beats for the one it is working on."""
+    if partition_key is None and context.has_partition_key:
+        partition_key = context.partition_key
     return Heartbeat(
         engine,
         context.run.run_id,

@@ -20,6 +20,7 @@ from helix_pipelines.db import jobs
 from helix_pipelines.db.embeddings import partitions_to_embed
 from helix_pipelines.defs.jobs import embed_job, import_job
 from helix_pipelines.defs.partitions import import_files
+from helix_pipelines.defs.reporting import report_rollback
 from helix_pipelines.defs.resources import (
     DatabaseResource,
     EmbeddingResource,
@@ -33,6 +34,7 @@ from helix_pipelines.defs.runs import (
 )
 from helix_pipelines.pipeline.embedding import release_parked
 from helix_pipelines.pipeline.embedding_setup import EmbeddingSetup
+from helix_pipelines.pipeline.health import CheckLimits
 from helix_pipelines.pipeline.inbox import CannotTake, Entry, display_name, look, reject
 from helix_pipelines.pipeline.intake import intake_file
 
@@ -120,6 +122,13 @@ def stale_imports_sensor(
         context.log.error(f"import {job.partition_key}: {job.last_error}")
     for job in report.rollbacks_finished:
         context.log.info(f"rollback of import {job.partition_key} finished after its run died")
+        if context.instance.has_dynamic_partition(import_files.name, job.partition_key):
+            report_rollback(
+                context.instance.report_runless_asset_event, engine, job,
+                # A rolled-back partition's checks fail whatever the thresholds: the width is
+                # all they need.
+                CheckLimits(dim=database.embedding_dim), {"finished_by": "recovery"},
+            )  # fmt: skip
     # Jobs recovered just now are nobody's: no grace for them.
     candidates = {j.id: j for j in jobs.list_pending(engine, quiet_for_s=PENDING_GRACE_S)}
     candidates.update({j.id: j for j in report.resumed})

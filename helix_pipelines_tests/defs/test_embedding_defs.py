@@ -18,10 +18,12 @@ from dagster import (
 )
 
 from helix_pipelines.core.retry import RetryBudget
+from helix_pipelines.db import jobs
 from helix_pipelines.defs.assets import (
     ACCOUNTING_CHECK,
     COVERAGE_CHECK,
     DIMENSION_CHECK,
+    PENDING_AGE_CHECK,
     embedding_checks,
     qa_embeddings,
 )
@@ -32,6 +34,7 @@ from helix_pipelines.defs.resources import (
     ImportSettingsResource,
 )
 from helix_pipelines.defs.sensors import pending_embeddings_sensor
+from helix_pipelines.pipeline import health
 from helix_pipelines.pipeline.embedding_setup import BREAKER_NAME
 from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM
 from helix_pipelines_tests.support.embed_driver import (
@@ -121,7 +124,9 @@ def test_dimension_and_accounting_checks(engine, instance, database_url, tmp_pat
     job_id, key = insert_job(engine, sample_pairs(10))
     res = resources(database_url, tmp_path, fake_openai)
     checks = checks_by_name(materialize_embeddings(instance, key, res))
-    assert checks[DIMENSION_CHECK].passed and checks[ACCOUNTING_CHECK].passed
+    assert checks[DIMENSION_CHECK].passed and checks[PENDING_AGE_CHECK].passed
+    assert ACCOUNTING_CHECK not in checks  # it sits on qa_pairs now
+    assert {c.partition for c in checks.values()} == {key}
 
     wider = EmbeddingResource(provider="openai", api_key="unused", dim=DIM + 1)
     _unbalance_accounting(engine, job_id)
@@ -129,7 +134,33 @@ def test_dimension_and_accounting_checks(engine, instance, database_url, tmp_pat
 
     assert not by_name[DIMENSION_CHECK].passed
     assert by_name[DIMENSION_CHECK].metadata["wrong_dimension"].value == 10
-    assert not by_name[ACCOUNTING_CHECK].passed
+    assert not health.accounting(jobs.get_job(engine, job_id)).passed
+
+
+def test_the_oldest_pending_pair_warns_then_errors(engine):
+    job_id, _ = insert_job(engine, sample_pairs(3))
+    res = EmbeddingResource(
+        provider="openai", api_key="unused", dim=DIM, pending_age_warn_s=60,
+        pending_age_error_s=600,
+    )  # fmt: skip
+
+    def age_check(seconds_ago: float):
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE qa_pair SET created_at = now() - make_interval(secs => :s) "
+                    "WHERE import_job_id = :j"
+                ),
+                {"s": seconds_ago, "j": job_id},
+            )
+        return {c.check_name: c for c in embedding_checks(engine, job_id, res)}[PENDING_AGE_CHECK]
+
+    assert age_check(10).passed
+    warned = age_check(120)
+    assert not warned.passed and warned.severity == AssetCheckSeverity.WARN
+    errored = age_check(1200)
+    assert not errored.passed and errored.severity == AssetCheckSeverity.ERROR
+    assert errored.metadata["oldest_pending_age_s"].value >= 1200
 
 
 def _unbalance_accounting(engine, job_id: uuid.UUID) -> None:

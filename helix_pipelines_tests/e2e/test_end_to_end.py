@@ -46,8 +46,15 @@ MATERIALIZATIONS = """
     ... on Asset { assetMaterializations(limit: 20) { partition runId } } } }
 """
 CHECKS = """
-query($name: String!) { assetCheckExecutions(assetKey: {path: ["qa_embeddings"]},
-    checkName: $name, limit: 20) { runId status evaluation { success } } }
+query($asset: [String!]!, $name: String!) { assetCheckExecutions(assetKey: {path: $asset},
+    checkName: $name, limit: 20) { runId status partition evaluation { success partition } } }
+"""
+PAIRS_MATERIALIZATION = """
+query($partition: String!) { assetOrError(assetKey: {path: ["qa_pairs"]}) {
+    ... on Asset { assetMaterializations(partitions: [$partition], limit: 1) { runId
+        metadataEntries { label __typename
+            ... on TableMetadataEntry { table { records } }
+            ... on IntMetadataEntry { intValue } } } } } }
 """
 
 BACKFILL = """
@@ -122,11 +129,20 @@ def test_operator_journey(tmp_path_factory, tmp_path):
             (3, "missing_answer"),
         ]
 
-        for check in ("embedding_coverage", "embedding_dimensions", "import_accounting"):
-            executions = graphql(port, CHECKS, {"name": check})["data"]["assetCheckExecutions"]
+        checks = [("qa_pairs", "import_accounting"), ("qa_embeddings", "embedding_coverage"),
+                  ("qa_embeddings", "embedding_dimensions"),
+                  ("qa_embeddings", "oldest_pending_embedding")]  # fmt: skip
+        for asset, check in checks:
+            variables = {"asset": [asset], "name": check}
+            executions = graphql(port, CHECKS, variables)["data"]["assetCheckExecutions"]
             by_run = {e["runId"]: e for e in executions}
             for key in (clean_key, bad_key):
                 assert by_run[runs[key]]["evaluation"]["success"], (check, key)
+                assert by_run[runs[key]]["partition"] == key, (check, key)
+        assert _row_error_table(port, bad_key) == [
+            (2, "missing_question"),
+            (3, "missing_answer"),
+        ]
 
         _backfill_every_embedding_partition(port)
 
@@ -139,10 +155,7 @@ def test_operator_journey(tmp_path_factory, tmp_path):
         assert figures['helix_embedding_requests_total{outcome="success"}'] >= 2
         assert figures['helix_import_batches_total{status="success"}'] >= 2
 
-        screenshot = tmp_path / "asset-graph.png"
-        dom = render(f"http://127.0.0.1:{port}/asset-groups", tmp_path / "chromium", screenshot)
-        assert "qa_pairs" in dom and "qa_embeddings" in dom
-        assert screenshot.stat().st_size > 10_000
+        _pictures(port, tmp_path, bad_key)
     finally:
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=90)
@@ -163,3 +176,44 @@ def _backfill_every_embedding_partition(port: int) -> None:
         return found if found in done else None
 
     assert wait_for(status, 300, "the backfill") in ("COMPLETED_SUCCESS", "COMPLETED")
+
+
+def _row_error_table(port: int, key: str) -> list[tuple[int, str]]:
+    answer = graphql(port, PAIRS_MATERIALIZATION, {"partition": key})["data"]["assetOrError"]
+    [materialization] = answer["assetMaterializations"]
+    entries = {e["label"]: e for e in materialization["metadataEntries"]}
+    assert entries["dagster/row_count"]["intValue"] == 2
+    records = [json.loads(r) for r in entries["first_row_errors"]["table"]["records"]]
+    return [(r["source_row"], r["error_code"]) for r in records]
+
+
+def _pictures(port: int, tmp_path: Path, bad_key: str) -> None:
+    """Screenshots an operator would look at, each checked for what it must show. Saved under
+    HELIX_E2E_SCREENSHOTS when set (the README's picture comes from there)."""
+    import os
+    import shutil
+    import urllib.parse
+
+    base = f"http://127.0.0.1:{port}"
+    partition = urllib.parse.quote(bad_key)
+    pages = {
+        "asset-graph": (f"{base}/asset-groups", ["qa_pairs", "qa_embeddings"]),
+        "qa-pairs-partition": (
+            f"{base}/assets/qa_pairs?view=partitions&partition={partition}",
+            ["first_row_errors", "missing_question", "dagster/row_count"],
+        ),
+        "qa-embeddings-checks": (
+            f"{base}/assets/qa_embeddings?view=checks",
+            ["embedding_coverage", "embedding_dimensions", "oldest_pending_embedding"],
+        ),
+    }
+    keep = os.environ.get("HELIX_E2E_SCREENSHOTS")
+    for name, (url, expected) in pages.items():
+        screenshot = tmp_path / f"{name}.png"
+        dom = render(url, tmp_path / "chromium", screenshot)
+        missing = [text for text in expected if text not in dom]
+        assert not missing, (name, missing)
+        assert screenshot.stat().st_size > 10_000, name
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(screenshot, Path(keep) / screenshot.name)
