@@ -13,13 +13,9 @@ import sqlalchemy as sa
 from dagster import instance_for_test
 
 from helix_pipelines.defs.ops import embed_pending_job, recover_stale_imports, rollback_import
-from helix_pipelines.defs.resources import (
-    DatabaseResource,
-    EmbeddingResource,
-    ImportSettingsResource,
-)
-from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM, subprocess_env
+from helix_pipelines_tests.support.db_fixtures import subprocess_env
 from helix_pipelines_tests.support.embed_driver import insert_job, status_counts
+from helix_pipelines_tests.support.resources import local_resources
 
 COUNTING_CHILD = """
 import sys
@@ -69,17 +65,7 @@ def test_counters_from_dead_processes_add_up_and_their_files_are_folded(tmp_path
 
 
 def _resources(settings, tmp_path: Path) -> dict:
-    return {
-        "database": DatabaseResource(
-            helix_home=str(settings.home),
-            database_url=settings.database_url.get_secret_value(),
-            embedding_dim=TEST_EMBEDDING_DIM,
-        ),
-        "import_settings": ImportSettingsResource(
-            inbox_dir=str(tmp_path / "inbox"), files_dir=str(tmp_path / "files")
-        ),
-        "embedding": EmbeddingResource(provider="local", dim=TEST_EMBEDDING_DIM),
-    }
+    return local_resources(settings.database_url.get_secret_value(), tmp_path)
 
 
 def test_launchpad_jobs_with_typed_config(engine, settings, tmp_path):

@@ -25,18 +25,13 @@ from helix_pipelines.db import jobs
 from helix_pipelines.defs.assets import qa_embeddings, qa_pairs
 from helix_pipelines.defs.jobs import embed_job, import_job
 from helix_pipelines.defs.partitions import import_files
-from helix_pipelines.defs.resources import (
-    DatabaseResource,
-    EmbeddingResource,
-    ImportSettingsResource,
-)
 from helix_pipelines.defs.sensors import (
     import_run_failure_sensor,
     pending_embeddings_sensor,
     stale_imports_sensor,
 )
 from helix_pipelines.pipeline.intake import intake_file
-from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM
+from helix_pipelines_tests.support.resources import local_resources
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +44,7 @@ def instance():
 
 @pytest.fixture
 def resources(engine, database_url, tmp_path) -> dict:
-    return {
-        "database": DatabaseResource(
-            helix_home=str(tmp_path), database_url=database_url, embedding_dim=TEST_EMBEDDING_DIM
-        ),
-        "import_settings": ImportSettingsResource(
-            inbox_dir=str(tmp_path / "inbox"), files_dir=str(tmp_path / "files"), max_attempts=3
-        ),
-        "embedding": EmbeddingResource(provider="local", dim=TEST_EMBEDDING_DIM),
-    }
+    return local_resources(database_url, tmp_path, max_attempts=3)
 
 
 def take(engine, resources, path: Path, instance) -> jobs.Job:

@@ -31,11 +31,6 @@ from helix_pipelines.db import jobs
 from helix_pipelines.defs.assets import EMBED_PARTITIONS_PER_RUN, qa_embeddings, qa_pairs
 from helix_pipelines.defs.ops import embed_pending_job, rollback_import
 from helix_pipelines.defs.partitions import import_files
-from helix_pipelines.defs.resources import (
-    DatabaseResource,
-    EmbeddingResource,
-    ImportSettingsResource,
-)
 from helix_pipelines.devserver import REPO_ROOT
 from helix_pipelines.pipeline.health import (
     ACCOUNTING_CHECK,
@@ -43,9 +38,10 @@ from helix_pipelines.pipeline.health import (
     DIMENSION_CHECK,
     PENDING_AGE_CHECK,
 )
-from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM, subprocess_env
+from helix_pipelines_tests.support.db_fixtures import subprocess_env
 from helix_pipelines_tests.support.embed_driver import insert_job, sample_pairs, status_counts
 from helix_pipelines_tests.support.generate import write_qa_csv
+from helix_pipelines_tests.support.resources import local_resources
 
 EMBEDDINGS = AssetKey("qa_embeddings")
 PAIRS = AssetKey("qa_pairs")
@@ -59,17 +55,7 @@ def instance():
 
 @pytest.fixture
 def resources(settings, tmp_path) -> dict:
-    return {
-        "database": DatabaseResource(
-            helix_home=str(settings.home),
-            database_url=settings.database_url.get_secret_value(),
-            embedding_dim=TEST_EMBEDDING_DIM,
-        ),
-        "import_settings": ImportSettingsResource(
-            inbox_dir=str(tmp_path / "inbox"), files_dir=str(tmp_path / "files")
-        ),
-        "embedding": EmbeddingResource(provider="local", dim=TEST_EMBEDDING_DIM),
-    }
+    return local_resources(settings.database_url.get_secret_value(), tmp_path)
 
 
 def latest_materialization(instance: DagsterInstance, asset: AssetKey, key: str) -> dict:
