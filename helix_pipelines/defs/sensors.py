@@ -156,12 +156,14 @@ def _import_requests(context, job_list, cursor: str | None = None) -> SensorResu
     )
 
 
+# Every job of the code location: UI launches and backfills run under Dagster's implicit asset
+# job, not only import_job and embed_job.
 @run_failure_sensor(
-    monitored_jobs=[import_job, embed_job],
     minimum_interval_seconds=10,
     default_status=DefaultSensorStatus.RUNNING,
     description=(
-        "When an import or embedding run fails, writes the error onto its import job. An import "
+        "When a run of one partition fails (an import, an embedding, a UI launch or a "
+        "backfill), writes the error onto its import job. An import "
         "that failed for a transient reason goes back to `pending` (the recovery sensor "
         "re-requests it) until its attempts run out; a terminal failure (unreadable input, a "
         "bug, bad configuration) fails the job at once. Runs that recovery found dead are left "
