@@ -545,6 +545,16 @@ def _one_line(text: str, width: int = 160) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def _stop_on_sigterm() -> None:
+    """A service stops cleanly on SIGTERM, even when it inherited an ignored one."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines import metrics, runtime
     from helix_pipelines.pipeline.embedding_setup import setup_from_settings
@@ -552,6 +562,7 @@ def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
     app = runtime.open_app(settings)
     breaker = setup_from_settings(settings).build_breaker(app.engine)
     multiproc_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    _stop_on_sigterm()
     print(f"serving Prometheus metrics on http://{args.host}:{args.port}/metrics", flush=True)
     metrics.serve(
         args.port,
