@@ -132,27 +132,22 @@ def _write_transient(conn: Connection, errors: dict[int, str], max_attempts: int
 
 def requeue_parked(engine: Engine) -> int:
     """Parked pairs (every import's) back to pending with fresh attempts."""
-    with engine.begin() as conn:
-        return conn.execute(
-            sa.text(
-                "UPDATE qa_pair SET embedding_status = 'pending', embedding_attempts = 0, "
-                "embedding_error = NULL WHERE embedding_status = 'failed' "
-                "AND starts_with(embedding_error, :prefix)"
-            ),
-            {"prefix": PARKED_PREFIX},
-        ).rowcount
+    return _requeue(engine, "AND starts_with(embedding_error, :prefix)", prefix=PARKED_PREFIX)
 
 
 def requeue_failed(engine: Engine, job_id: uuid.UUID | None = None) -> int:
     """Every failed pair (of one import, or all) back to pending: the operator's retry."""
-    job_filter = "AND import_job_id = :job" if job_id else ""
+    return _requeue(engine, "AND import_job_id = :job" if job_id else "", job=job_id)
+
+
+def _requeue(engine: Engine, condition: str, **params) -> int:
     with engine.begin() as conn:
         return conn.execute(
             sa.text(
                 "UPDATE qa_pair SET embedding_status = 'pending', embedding_attempts = 0, "
-                f"embedding_error = NULL WHERE embedding_status = 'failed' {job_filter}"
+                f"embedding_error = NULL WHERE embedding_status = 'failed' {condition}"
             ),
-            {"job": job_id},
+            params,
         ).rowcount
 
 
