@@ -87,22 +87,27 @@ def test_json_on_a_terminal_is_only_json(engine, settings, tmp_path):
     assert lines and all(json.loads(line)["status"] for line in lines), output[-3000:]
 
 
-@pytest.mark.slow
-def test_a_running_imports_event_log_holds_rising_percentages(engine, settings, tmp_path):
-    path = write_qa_csv(tmp_path / "logged.csv", 100_000, seed=13).path
+def progress_logged(settings, step: str, *command: str) -> list[str]:
+    """Run a CLI command with a fast progress cadence; the progress lines `step` logged."""
     done = subprocess.run(
-        [sys.executable, "-m", "helix_pipelines.cli", "import", "--json", "--no-embed", str(path)],
+        [sys.executable, "-m", "helix_pipelines.cli", *command],
         env=subprocess_env(settings, HELIX_PROGRESS_LOG_S="0.5"),
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     with DagsterInstance.from_config(str(settings.home / "dagster")) as instance:
         [run] = instance.get_runs()
-        messages = [
+        return [
             entry.user_message
             for entry in instance.all_logs(run.run_id)
-            if entry.step_key == "qa_pairs" and "progress:" in entry.user_message
+            if entry.step_key == step and "progress:" in entry.user_message
         ]
+
+
+@pytest.mark.slow
+def test_a_running_imports_event_log_holds_rising_percentages(engine, settings, tmp_path):
+    path = write_qa_csv(tmp_path / "logged.csv", 100_000, seed=13).path
+    messages = progress_logged(settings, "qa_pairs", "import", "--json", "--no-embed", str(path))
     percents = [float(re.search(r"([\d.]+)% of the file", m).group(1)) for m in messages]
     assert len(percents) >= 3, messages
     assert percents == sorted(percents) and percents[0] < 50 and percents[-1] > 90
@@ -112,18 +117,6 @@ def test_a_running_imports_event_log_holds_rising_percentages(engine, settings, 
 @pytest.mark.slow
 def test_the_embedding_step_logs_its_progress(engine, settings, tmp_path):
     path = write_qa_csv(tmp_path / "embedded.csv", 1500, seed=14).path
-    done = subprocess.run(
-        [sys.executable, "-m", "helix_pipelines.cli", "import", "--json", str(path)],
-        env=subprocess_env(settings, HELIX_PROGRESS_LOG_S="0.5"),
-        capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    with DagsterInstance.from_config(str(settings.home / "dagster")) as instance:
-        [run] = instance.get_runs()
-        messages = [
-            entry.user_message
-            for entry in instance.all_logs(run.run_id)
-            if entry.step_key == "qa_embeddings" and "progress:" in entry.user_message
-        ]
+    messages = progress_logged(settings, "qa_embeddings", "import", "--json", str(path))
     assert messages and "0.0% embedded" in messages[0], messages
     assert "100.0% embedded" in messages[-1] and "pairs/s" in messages[-1]
