@@ -559,10 +559,10 @@ def cmd_metrics(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines import metrics, runtime
     from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 
+    _stop_on_sigterm()  # first: a SIGTERM during start-up must stop it too
     app = runtime.open_app(settings)
     breaker = setup_from_settings(settings).build_breaker(app.engine)
     multiproc_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    _stop_on_sigterm()
     print(f"serving Prometheus metrics on http://{args.host}:{args.port}/metrics", flush=True)
     metrics.serve(
         args.port,
