@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from rich.table import Column
 
 from helix_pipelines.core.progress import Meter, format_bytes, format_duration
 from helix_pipelines.db import jobs
@@ -29,15 +30,21 @@ def wanted(as_json: bool) -> bool:
 
 
 def _progress(console: Console) -> Progress:
+    """Name, percent and bar first, never dropped: on a narrow terminal only the detail is cut."""
     return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=30),
-        TextColumn("{task.percentage:>5.1f}%"),
-        TextColumn("{task.fields[detail]}"),
+        TextColumn("{task.description}", table_column=_fixed(max_width=34)),
+        TextColumn("{task.percentage:>5.1f}%", table_column=_fixed(min_width=6)),
+        BarColumn(bar_width=30 if console.width >= 120 else 10),
+        TextColumn("{task.fields[detail]}", table_column=_fixed(min_width=1, ratio=1)),
         console=console,
         transient=False,
         refresh_per_second=8,
+        expand=True,
     )
+
+
+def _fixed(**width) -> Column:
+    return Column(no_wrap=True, overflow="ellipsis", **width)
 
 
 @contextlib.contextmanager

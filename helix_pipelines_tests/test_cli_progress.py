@@ -3,6 +3,7 @@ progress lines in a run's event log, and `status` showing percent and time left.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -11,18 +12,24 @@ import sys
 import pexpect
 import pytest
 from dagster import DagsterInstance
+from rich.console import Console
 
+from helix_pipelines import cli_progress
 from helix_pipelines_tests.support.db_fixtures import subprocess_env
 from helix_pipelines_tests.support.generate import write_qa_csv
 
-PERCENT = re.compile(r"(\d+\.\d)% [\d.]+ [KMG]?B/")
+# The import bar's percent, then its bar (ANSI-coloured), then the bytes read.
+PERCENT = re.compile(r"(\d+\.\d)%[^%\n]*? [\d.]+ [KMG]?B/")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def spawn_cli(settings, *args: str, **extra_env: str) -> pexpect.spawn:
+    env = subprocess_env(settings, **extra_env)
+    for size in ("COLUMNS", "LINES"):  # the terminal's own size rules (pytest-xdist sets them)
+        env.pop(size, None)
     return pexpect.spawn(
         sys.executable, ["-m", "helix_pipelines.cli", *args],
-        env=subprocess_env(settings, **extra_env),
+        env=env,
         dimensions=(40, 220), timeout=240, encoding="utf-8", codec_errors="replace",
     )  # fmt: skip
 
@@ -48,6 +55,19 @@ def read_all(child: pexpect.spawn, on_chunk=None) -> str:
             on_chunk(chunk)
     child.close()
     return "".join(output)
+
+
+@pytest.mark.parametrize("width", [60, 80, 220])
+def test_a_narrow_terminal_cuts_the_detail_not_the_percent_or_the_bar(width):
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    progress = cli_progress._progress(console)
+    detail = "157.2 MB/370.0 MB · 85,000 rows · 84,101 pairs"
+    progress.add_task("a-long-export-file-name-2026-11-30.csv import", total=200, completed=85,
+                      detail=detail)  # fmt: skip
+    console.print(progress.make_tasks_table(progress.tasks))
+    [line] = console.file.getvalue().splitlines()
+    assert len(line) <= width
+    assert " 42.5% " in line and "━" in line and "157.2" in line
 
 
 @pytest.mark.slow
