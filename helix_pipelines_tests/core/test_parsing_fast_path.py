@@ -84,7 +84,7 @@ def test_bench_like_file_stays_on_the_fast_path(tmp_path, monkeypatch):
 def test_row_errors_with_leading_spaces_stay_on_the_fast_path(tmp_path, monkeypatch):
     # An unquoted "  " reads as "" in the csv module (skipinitialspace) and as "  " in pyarrow;
     # a quoted one as "  " in both. The record's own bytes decide the raw excerpt.
-    good = [[f"Why {n}?", f"Because {n}.\nSee \"x\", y", "ORDER"] for n in range(400)]
+    good = [[f"Why {n}?", f'Because {n}.\nSee "x", y', "ORDER"] for n in range(400)]
     text = to_csv([["question", "answer", "category"], *good[:150]])
     text += 'Why?,  ,ORDER\r\n  ,"Because\r\nso.",REFUND\r\n"  ",  ok,\r\nq,"  ",c\r\n'
     text += to_csv(good[150:]) + "Why?,  ,last"  # no line break at the very end

@@ -263,7 +263,7 @@ class _RecordLocator:
     field breaks the parity rule; ``csv_fields`` then finds fields that differ from pyarrow's
     and the caller hands over to the exact reader as before."""
 
-    WINDOW = 1 << 20
+    WINDOW = 1 << 16  # bytes looked at first; doubled while more records are wanted
 
     def __init__(self, source: DelimitedSource) -> None:
         self.source = source
@@ -332,11 +332,9 @@ class _RecordLocator:
                 taken = ends[: wanted - len(found)]
                 found += [offset + end for end in taken]
                 offset += taken[-1]
-                window = self.WINDOW
             elif stop == len(data):
                 break
-            else:
-                window *= 2  # a record longer than the window
+            window = min(2 * window, 1 << 24)
         return found
 
     def _mapped(self) -> bool:
