@@ -79,8 +79,11 @@ def _foldable_in_place(char: str) -> bool:
     )
 
 
-def fast_rows(source: DelimitedSource, start_after_row: int) -> Iterator[Pair | RowError | int]:
-    """The records after ``start_after_row``, as the exact reader yields them."""
+def fast_rows(
+    source: DelimitedSource, start_after_row: int
+) -> Iterator[list[Pair | RowError | int] | Pair | RowError | int]:
+    """The records after ``start_after_row``, as the exact reader yields them: a list per
+    pyarrow batch, then one by one from the exact reader if it has to take over."""
     resume_after = start_after_row
     reader = _open_reader(source)
     if reader is not None:
@@ -93,7 +96,8 @@ def fast_rows(source: DelimitedSource, start_after_row: int) -> Iterator[Pair | 
                 except StopIteration:
                     return
                 rows, unsure_at = batches.rows(batch, first_row, start_after_row)
-                yield from rows
+                if rows:
+                    yield rows
                 if unsure_at is not None:
                     resume_after = max(start_after_row, first_row + unsure_at - 1)
                     break
@@ -208,6 +212,9 @@ class _BatchChecker:
         digests = _digests(
             _hash_keys(questions, question_texts, fine), _hash_keys(answers, answer_texts, fine)
         )
+        if fine.all():  # the usual batch: no Python loop of our own
+            rows = range(first_row, first_row + len(fine))
+            return list(map(Pair, rows, question_texts, answer_texts, categories, digests))
         out: list[Pair | RowError | int] = []
         for position, ok in enumerate(fine.tolist()):
             if ok:
