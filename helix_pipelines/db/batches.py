@@ -137,9 +137,12 @@ def _record_duplicates(conn: Connection, job_id: uuid.UUID, duplicates: Sequence
     of the import that created that pair can hand it over instead of deleting it."""
     if not duplicates:
         return
+    # min(p.id + 0), not min(p.id): the planner would answer min(id) by walking the primary key
+    # from its start until a row has the hash, a scan of the whole import for every duplicate.
     conn.exec_driver_sql(
         "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
-        "SELECT %s, d.source_row, (SELECT min(p.id) FROM qa_pair p WHERE p.content_hash = d.hash) "
+        "SELECT %s, d.source_row, "
+        "(SELECT min(p.id + 0) FROM qa_pair p WHERE p.content_hash = d.hash) "
         "FROM unnest(%s::int[], %s::text[]) AS d(source_row, hash) "
         "ON CONFLICT DO NOTHING",
         (job_id, [p.source_row for p in duplicates], [p.content_hash for p in duplicates]),

@@ -24,6 +24,7 @@ from helix_pipelines.core.parsing import (
     RowError,
     open_source,
 )
+from helix_pipelines.core.read_ahead import ReadAhead
 from helix_pipelines.core.retry import RetryBudget, retrying
 from helix_pipelines.db import jobs
 from helix_pipelines.db.batches import Batch, BatchOutcome, commit_batch
@@ -31,6 +32,10 @@ from helix_pipelines.db.liveness import Heartbeat
 
 # The row error recorded where a file that broke part-way stopped being readable.
 FILE_DAMAGED = "file_damaged"
+
+# Parsed batches waiting for the writer: enough to keep it busy while the reader parses the next,
+# few enough that memory does not depend on the file's size (bench/import.py).
+READ_AHEAD_BATCHES = 2
 
 # on_batch(status, seconds, rows), once per attempt (for metrics): success; retry (an attempt
 # that failed and is tried again); error (the batch failed for good); timeout (over its deadline,
@@ -129,8 +134,11 @@ def _import(engine, job, report, run_id, options, observers, hook, started) -> I
         batches = _batches(
             source.chunks(start_after_row=job.last_source_row), writer.sizer, job.last_source_row
         )
-        for batch in batches:
-            writer.write(batch)
+        # The reader parses the next batches while this thread writes; leaving the block (also
+        # by an exception) stops the reader before the file is closed.
+        with ReadAhead(batches, depth=READ_AHEAD_BATCHES, name="import-reader") as ahead:
+            for batch in ahead:
+                writer.write(batch)
         if batches.damage is not None:
             if job.last_source_row == 0 and not batches.read_any:
                 report.job = jobs.fail_job(engine, job.id, str(batches.damage))
@@ -239,12 +247,10 @@ class _BatchWriter:
 
 class _Batches:
     """Cut the parser's chunks into batches of exactly `sizer.current` rows (read afresh for
-    each batch, so the adaptive size applies however large the parser's chunks are). Remembers
-    the first row not yet handed out, so damage met while reading is reported exactly there.
-
-    Parsing runs in this thread. A parser thread reading ahead overlapped it with the database's
-    work for about 10% more rows/s, but peak RSS then grew with the file (about 100 MB at 10,000
-    rows and 190 MB from 100,000 on), against the target of flat memory (bench/import.py)."""
+    each batch, so the adaptive size applies however large the parser's chunks are; batches
+    already waiting for the writer keep the size they were cut at). Remembers the first row not
+    yet handed out, so damage met while reading is reported exactly there. Iterated in the
+    reader's thread (ReadAhead): its attributes are read once the iteration has ended."""
 
     def __init__(self, chunks: Iterator[Chunk], sizer: AdaptiveBatchSize, after_row: int):
         self.chunks, self.sizer = chunks, sizer

@@ -81,6 +81,29 @@ def test_bench_like_file_stays_on_the_fast_path(tmp_path, monkeypatch):
     assert calls.resumed_after == [0]  # only the exact run of assert_same
 
 
+def test_row_errors_with_leading_spaces_stay_on_the_fast_path(tmp_path, monkeypatch):
+    # An unquoted "  " reads as "" in the csv module (skipinitialspace) and as "  " in pyarrow;
+    # a quoted one as "  " in both. The record's own bytes decide the raw excerpt.
+    good = [[f"Why {n}?", f'Because {n}.\nSee "x", y', "ORDER"] for n in range(400)]
+    text = to_csv([["question", "answer", "category"], *good[:150]])
+    text += 'Why?,  ,ORDER\r\n  ,"Because\r\nso.",REFUND\r\n"  ",  ok,\r\nq,"  ",c\r\n'
+    text += to_csv(good[150:]) + "Why?,  ,last"  # no line break at the very end
+    path = tmp_path / "faq.csv"
+    path.write_text(text, encoding="utf-8", newline="")
+    calls = ExactCalls(monkeypatch)
+    fast = read(path, ParseOptions(chunk_rows=64), fast=True)
+    assert calls.resumed_after == []
+    assert fast == read(path, ParseOptions(chunk_rows=64), fast=False)
+    errors = [error for _, chunk_errors, _ in fast[0] for error in chunk_errors]
+    assert [(e.source_row, e.raw_excerpt) for e in errors] == [
+        (151, "Why?,,ORDER"),
+        (152, ",Because\\x0d\nso.,REFUND"),
+        (153, "  ,ok,"),
+        (154, "q,  ,c"),
+        (405, "Why?,,last"),
+    ]
+
+
 def test_fallback_resumes_after_the_last_record_emitted(tmp_path, monkeypatch):
     # Three fields for pyarrow, two for the csv module (a quote after a space opens a field).
     rows = [["question", "answer", "id"]] + [[f"q{n}", f"a{n}", ""] for n in range(50)]

@@ -175,6 +175,30 @@ class ChunkBuilder:
             counts[row.error_code] = counts.get(row.error_code, 0) + 1
         self.last_source_row = row.source_row
 
+    def add_block(self, rows: list[Pair | RowError | int]) -> Iterator[Chunk]:
+        """Add a reader's block of results, yielding each chunk it fills. A block of pairs only
+        (the usual one) is cut by slicing, without a Python call per row."""
+        if any(type(row) is not Pair for row in rows):
+            for row in rows:
+                if type(row) is int:
+                    self.skip_blank(row)
+                    continue
+                self.add(row)
+                if self.full():
+                    yield self.take()
+            return
+        start = 0
+        while start < len(rows):
+            room = self.chunk_rows - len(self.pairs) - len(self.errors)
+            part = rows[start : start + room]
+            self.pairs.extend(part)
+            self.summary.rows_seen += len(part)
+            self.summary.pairs += len(part)
+            self.last_source_row = part[-1].source_row
+            start += len(part)
+            if self.full():
+                yield self.take()
+
     def skip_blank(self, source_row: int) -> None:
         self.last_source_row = source_row
 
@@ -212,6 +236,9 @@ class SourceFile:
         self.summary.filled_from_other_columns.clear()  # readers hold this very dict
         builder = ChunkBuilder(self.summary, self.options.chunk_rows)
         for row in self._rows(start_after_row):
+            if type(row) is list:
+                yield from builder.add_block(row)
+                continue
             if type(row) is int:
                 builder.skip_blank(row)
                 continue
@@ -221,9 +248,10 @@ class SourceFile:
         if builder.has_rows() or builder.last_source_row > start_after_row:
             yield builder.take()
 
-    def _rows(self, start_after_row: int) -> Iterator[Pair | RowError | int]:
+    def _rows(self, start_after_row: int) -> Iterator[Pair | RowError | int | list]:
         """Yields a Pair or RowError per data record after ``start_after_row``, or the bare
-        source_row number of a blank record (skipped, but it moves the checkpoint)."""
+        source_row number of a blank record (skipped, but it moves the checkpoint); or a list
+        of such results in order (a block read at once, handed over without a step per row)."""
         raise NotImplementedError
 
     def unreadable(self, what: str) -> FileUnreadable:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import bisect
 import codecs
+import csv
 import functools
 import hashlib
+import io
+import mmap
 import re
 import sys
 import unicodedata
@@ -76,12 +79,15 @@ def _foldable_in_place(char: str) -> bool:
     )
 
 
-def fast_rows(source: DelimitedSource, start_after_row: int) -> Iterator[Pair | RowError | int]:
-    """The records after ``start_after_row``, as the exact reader yields them."""
+def fast_rows(
+    source: DelimitedSource, start_after_row: int
+) -> Iterator[list[Pair | RowError | int] | Pair | RowError | int]:
+    """The records after ``start_after_row``, as the exact reader yields them: a list per
+    pyarrow batch, then one by one from the exact reader if it has to take over."""
     resume_after = start_after_row
     reader = _open_reader(source)
     if reader is not None:
-        batches = _BatchChecker(source)
+        batches = _BatchChecker(source, _RecordLocator(source))
         first_row = 1
         try:
             while True:
@@ -90,7 +96,8 @@ def fast_rows(source: DelimitedSource, start_after_row: int) -> Iterator[Pair | 
                 except StopIteration:
                     return
                 rows, unsure_at = batches.rows(batch, first_row, start_after_row)
-                yield from rows
+                if rows:
+                    yield rows
                 if unsure_at is not None:
                     resume_after = max(start_after_row, first_row + unsure_at - 1)
                     break
@@ -100,6 +107,7 @@ def fast_rows(source: DelimitedSource, start_after_row: int) -> Iterator[Pair | 
             pass  # resume_after still names the last record emitted
         finally:
             reader.close()
+            batches.locator.close()
     yield from source._exact_rows(resume_after)
 
 
@@ -137,8 +145,9 @@ def _open_reader(source: DelimitedSource) -> pa.RecordBatchReader | None:
 class _BatchChecker:
     """Applies the row rules of ``RowChecker`` to a whole record batch at once."""
 
-    def __init__(self, source: DelimitedSource) -> None:
+    def __init__(self, source: DelimitedSource, locator: _RecordLocator) -> None:
         self.source = source
+        self.locator = locator
         options = source.options
         self.max_field = max(options.max_field_chars, 1)
         self.line_limit = source.line_limit
@@ -203,6 +212,9 @@ class _BatchChecker:
         digests = _digests(
             _hash_keys(questions, question_texts, fine), _hash_keys(answers, answer_texts, fine)
         )
+        if fine.all():  # the usual batch: no Python loop of our own
+            rows = range(first_row, first_row + len(fine))
+            return list(map(Pair, rows, question_texts, answer_texts, categories, digests))
         out: list[Pair | RowError | int] = []
         for position, ok in enumerate(fine.tolist()):
             if ok:
@@ -234,12 +246,121 @@ class _BatchChecker:
         """A record that is not a plain pair goes through the exact reader's own check; None
         when only the exact reader can give its result."""
         fields = [column[position].as_py() for column in columns]
-        result = self.source._check(first_row + position, fields, may_have_controls=True)
-        if type(result) is RowError and any(field.startswith(" ") for field in fields):
-            # The raw excerpt joins the fields as the csv module read them, which skipped
-            # the leading spaces of unquoted fields: pyarrow's fields cannot say which.
+        source_row = first_row + position
+        if not any(field.startswith(" ") for field in fields):
+            return self.source._check(source_row, fields, may_have_controls=True)
+        # A row error's raw excerpt joins the fields as the csv module read them, which skipped
+        # the leading spaces of unquoted fields: pyarrow's fields cannot say which, the
+        # record's own bytes can.
+        exact_fields = self.locator.csv_fields(source_row, fields)
+        if exact_fields is not None:
+            return self.source._check(source_row, exact_fields, may_have_controls=True)
+        result = self.source._check(source_row, fields, may_have_controls=True)
+        return None if type(result) is RowError else result
+
+
+class _RecordLocator:
+    """Finds a record's bytes in the file, for the rare record whose result depends on how it
+    was written, so the fast path can read it with the csv module and go on instead of handing
+    the rest of the file to the exact reader.
+
+    Records end at a line break outside quotes: with doubled quotes as the only escape, that is
+    a line break after an even number of quotes since the record's start. The scan starts from
+    the last record it located, so a file is scanned at most once. A quote inside an unquoted
+    field breaks the parity rule; ``csv_fields`` then finds fields that differ from pyarrow's
+    and the caller hands over to the exact reader as before."""
+
+    WINDOW = 1 << 16  # bytes looked at first; doubled while more records are wanted
+
+    def __init__(self, source: DelimitedSource) -> None:
+        self.source = source
+        self.row, self.offset = 1, source.data_offset or 0  # record `row` begins at `offset`
+        self._file = None
+        self._map: mmap.mmap | None = None
+
+    def csv_fields(self, row: int, arrow_fields: list[str]) -> list[str] | None:
+        """The record's fields as the csv module reads them, or None when the located bytes
+        are not provably that record (pyarrow's fields, leading spaces aside, must agree)."""
+        raw = self._record_bytes(row)
+        if raw is None:
             return None
-        return result
+        try:
+            text = raw.decode("utf-8")
+            lines = io.StringIO(text, newline="")  # line breaks as the exact reader sees them
+            records = list(
+                csv.reader(lines, delimiter=self.source.delimiter, skipinitialspace=True)
+            )
+        except (UnicodeDecodeError, csv.Error):
+            return None
+        if len(records) != 1 or len(records[0]) != len(arrow_fields):
+            return None
+        fields = records[0]
+        if all(
+            mine == theirs or (mine == theirs.lstrip(" ") and theirs.startswith(" "))
+            for mine, theirs in zip(fields, arrow_fields, strict=True)
+        ):
+            return fields
+        return None
+
+    def _record_bytes(self, row: int) -> bytes | None:
+        if row < self.row or not self._mapped():
+            return None
+        assert self._map is not None
+        if row > self.row:
+            self._skip(row - self.row)
+        ends = self._ends_from(self.offset, 1)
+        end = ends[0] if ends else len(self._map)
+        return self._map[self.offset : end].rstrip(b"\r\n")
+
+    def _skip(self, records: int) -> None:
+        ends = self._ends_from(self.offset, records)
+        self.offset = ends[-1] if len(ends) == records else len(self._map)
+        self.row += records
+
+    def _ends_from(self, offset: int, wanted: int) -> list[int]:
+        """Offsets just after the next ``wanted`` record ends (fewer at the end of the file)."""
+        data = self._map
+        assert data is not None
+        found: list[int] = []
+        window = self.WINDOW
+        while len(found) < wanted and offset < len(data):
+            stop = min(offset + window, len(data))
+            chunk = np.frombuffer(data, dtype=np.uint8, count=stop - offset, offset=offset)
+            breaks = np.flatnonzero((chunk == 10) | (chunk == 13))
+            if stop < len(data) and len(breaks) and breaks[-1] == len(chunk) - 1:
+                breaks = breaks[:-1]  # a CR at the window's edge may begin a CRLF
+            quotes = np.flatnonzero(chunk == 34)
+            breaks = breaks[np.searchsorted(quotes, breaks) % 2 == 0]
+            if len(breaks):
+                # CR LF is one line break: its CR is no record end of its own.
+                following = chunk[np.minimum(breaks + 1, len(chunk) - 1)]
+                is_crlf = (chunk[breaks] == 13) & (following == 10)
+                ends = (breaks[~is_crlf] + 1).tolist()
+                taken = ends[: wanted - len(found)]
+                found += [offset + end for end in taken]
+                offset += taken[-1]
+            elif stop == len(data):
+                break
+            window = min(2 * window, 1 << 24)
+        return found
+
+    def _mapped(self) -> bool:
+        if self._map is None:
+            try:
+                self._file = open(self.source.path, "rb")  # noqa: SIM115 - closed in close()
+                self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                self.close()
+                return False
+        return True
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def _layout(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
