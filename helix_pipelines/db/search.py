@@ -17,6 +17,7 @@ from helix_pipelines.db.sources import HIDDEN_JOBS
 
 MIN_EF_SEARCH = 100  # 0.98+ recall@10 on the Bitext pairs with the m = 8 graph
 MAX_EF_SEARCH = 1000  # pgvector's limit
+ITERATIVE_SCAN_SINCE = (0, 8)
 
 # The inner query alone touches qa_pair: ORDER BY the distance operator with a LIMIT, which is
 # what lets the planner walk the HNSW index; the join then only decorates k rows. Retired pairs
@@ -50,6 +51,9 @@ def nearest(engine: Engine, vector: np.ndarray, k: int = 5) -> list[dict]:
 
 
 def _has_iterative_scan(cursor) -> bool:
-    """pgvector 0.8 and later: filtered searches keep walking the index."""
-    cursor.execute("SELECT current_setting('hnsw.iterative_scan', true) IS NOT NULL")
-    return bool(cursor.fetchone()[0])
+    """pgvector 0.8 and later: filtered searches keep walking the index. (Asked of the
+    extension's version: before its library is loaded in a session its settings are unknown.)"""
+    cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    row = cursor.fetchone()
+    version = tuple(int(part) for part in (row[0] if row else "0").split(".")[:2])
+    return version >= ITERATIVE_SCAN_SINCE

@@ -90,6 +90,7 @@ def sync_version(
     if refusal:
         return SyncOutcome(summary | {"refused": refusal}, refused=refusal)
     _report_repeated(conn, job.id, plan)
+    _fold_reinserted(conn, job.id, plan)
     changes = _first_changes(conn, job.id, plan)
     _apply(conn, job.id, plan)
     return SyncOutcome(summary | {"allow_shrink": allow_shrink, "first_changes": changes})
@@ -132,8 +133,8 @@ def _live(conn: Connection, job) -> list[LivePair]:
 
 
 def _report_repeated(conn: Connection, job_id: uuid.UUID, plan: SyncPlan) -> None:
-    """A second row with a question already in the file becomes a row error: its pair (or its
-    duplicate record) goes, the first row with that question stays."""
+    """A second row with a question already in the file and another answer becomes a row
+    error: its pair (or its duplicate record) goes, the first row with that question stays."""
     if not plan.repeated:
         return
     staged = [row.pair_id for row, _ in plan.repeated if row.staged]
@@ -150,8 +151,9 @@ def _report_repeated(conn: Connection, job_id: uuid.UUID, plan: SyncPlan) -> Non
     conn.execute(
         sa.text(
             "INSERT INTO import_row_error (import_job_id, source_row, error_code, message, "
-            "raw_excerpt) SELECT :j, r, :code, 'the question of row ' || first || ' again (a "
-            "pair''s identity within a source is its normalised question): row ignored', "
+            "raw_excerpt) SELECT :j, r, :code, 'the question of row ' || first || ' again, with "
+            "another answer (a pair''s identity within a source is its normalised question): "
+            "row ignored', "
             "left(q, 500) FROM unnest(CAST(:rows AS int[]), CAST(:firsts AS int[]), "
             "CAST(:questions AS text[])) AS t(r, first, q)"
         ),
@@ -170,6 +172,36 @@ def _report_repeated(conn: Connection, job_id: uuid.UUID, plan: SyncPlan) -> Non
             "row_errors = row_errors + :n WHERE id = :j"
         ),
         {"j": job_id, "staged": len(staged), "skipped": len(skipped), "n": len(plan.repeated)},
+    )
+
+
+def _fold_reinserted(conn: Connection, job_id: uuid.UUID, plan: SyncPlan) -> None:
+    """Rows the import inserted anyway (keep_duplicates) although their pair is kept or earlier
+    in the file become duplicates of that pair: one pair per question in a source."""
+    if not plan.reinserted:
+        return
+    conn.execute(
+        sa.text("DELETE FROM qa_pair WHERE id = ANY(:ids)"),
+        {"ids": [row.pair_id for row, _ in plan.reinserted]},
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
+            "SELECT :j, r, p FROM unnest(CAST(:rows AS int[]), CAST(:pairs AS bigint[])) "
+            "AS t(r, p) ON CONFLICT DO NOTHING"
+        ),
+        {
+            "j": job_id,
+            "rows": [row.source_row for row, _ in plan.reinserted],
+            "pairs": [pair for _, pair in plan.reinserted],
+        },
+    )
+    conn.execute(
+        sa.text(
+            "UPDATE import_job SET pairs_created = pairs_created - :n, "
+            "duplicates_skipped = duplicates_skipped + :n WHERE id = :j"
+        ),
+        {"j": job_id, "n": len(plan.reinserted)},
     )
 
 

@@ -101,3 +101,14 @@ def test_retiring_more_than_the_share_waits_for_confirmation():
     assert plan.refusal(0.5, allow_shrink=True) is None
     assert plan.refusal(0.95, allow_shrink=False) is None
     assert plan_sync([new_row(1, 5, "Q", "A")], []).refusal(0.0, allow_shrink=False) is None
+
+
+def test_the_same_pair_twice_in_a_file_is_a_duplicate_not_an_error():
+    plan = plan_sync(
+        [same_row(1, 1, "Refund?", "14 days."), same_row(2, 1, "Refund?", "14 days."),
+         new_row(3, 20, "Invoice?", "In Billing."), new_row(4, 21, "invoice?", "In Billing.")],
+        [live(1, "Refund?", "14 days.")],
+    )  # fmt: skip
+    assert plan.repeated == [] and plan.kept == [1] and plan.added == [20]
+    # Inserted again only under keep_duplicates: folded into the pair it repeats.
+    assert [(row.source_row, pair) for row, pair in plan.reinserted] == [(4, 20)]
