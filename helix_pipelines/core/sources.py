@@ -94,9 +94,6 @@ class LivePair:
 class SyncPlan:
     live_before: int
     kept: list[int] = field(default_factory=list)
-    # (row, pair): a row the import inserted (keep_duplicates) although the pair it repeats is
-    # kept or earlier in the file: it becomes a duplicate of that pair.
-    reinserted: list[tuple[Incoming, int]] = field(default_factory=list)
     updated: list[tuple[int, int]] = field(default_factory=list)  # (staged pair, live pair)
     added: list[int] = field(default_factory=list)
     revived: list[int] = field(default_factory=list)
@@ -136,27 +133,26 @@ def plan_sync(incoming: list[Incoming], live: list[LivePair]) -> SyncPlan:
     - a row matching a pair this source retired earlier brings it back;
     - other new rows are added; other duplicates (a pair another import holds) are kept;
     - a second row with the same question and another answer is repeated (a row error), the
-      first one counts; the same pair again is a duplicate, as in any import;
+      first one counts; the same pair again is a duplicate, as in any import (or kept, under
+      keep_duplicates);
     - live pairs no row matched are retired."""
     plan = SyncPlan(live_before=len(live))
     by_key: dict[bytes, LivePair] = {}
     for pair in sorted(live, key=lambda p: p.pair_id):
         by_key.setdefault(question_key(pair.question), pair)
-    first: dict[bytes, tuple[Incoming, int]] = {}  # the first row of a question, its pair
+    first: dict[bytes, Incoming] = {}  # the first row of each question
     matched: set[int] = set()
     for row in sorted(incoming, key=lambda r: r.source_row):
         key = question_key(row.question)
         if key in first:
-            _again(plan, row, *first[key])
+            _again(plan, row, first[key])
             continue
         current = by_key.get(key)
         pair = current.pair_id if current is not None else row.pair_id
-        first[key] = (row, pair)
+        first[key] = row
         if current is not None and current.content_hash == row.content_hash:
             plan.kept.append(pair)
             matched.add(pair)
-            if row.staged:
-                plan.reinserted.append((row, pair))
         elif current is not None and row.staged:
             plan.updated.append((row.pair_id, pair))
             matched.add(pair)
@@ -170,9 +166,8 @@ def plan_sync(incoming: list[Incoming], live: list[LivePair]) -> SyncPlan:
     return plan
 
 
-def _again(plan: SyncPlan, row: Incoming, earlier: Incoming, pair: int) -> None:
-    """A row whose question an earlier row of the file (that now stands for `pair`) had."""
+def _again(plan: SyncPlan, row: Incoming, earlier: Incoming) -> None:
+    """A row whose question an earlier row of the file had. The same pair again is left as the
+    import recorded it: skipped as a duplicate, or kept when the operator asked for that."""
     if row.content_hash != earlier.content_hash:
         plan.repeated.append((row, earlier.source_row))
-    elif row.staged:
-        plan.reinserted.append((row, pair))

@@ -90,7 +90,6 @@ def sync_version(
     if refusal:
         return SyncOutcome(summary | {"refused": refusal}, refused=refusal)
     _report_repeated(conn, job.id, plan)
-    _fold_reinserted(conn, job.id, plan)
     changes = _first_changes(conn, job.id, plan)
     _apply(conn, job.id, plan)
     return SyncOutcome(summary | {"allow_shrink": allow_shrink, "first_changes": changes})
@@ -172,36 +171,6 @@ def _report_repeated(conn: Connection, job_id: uuid.UUID, plan: SyncPlan) -> Non
             "row_errors = row_errors + :n WHERE id = :j"
         ),
         {"j": job_id, "staged": len(staged), "skipped": len(skipped), "n": len(plan.repeated)},
-    )
-
-
-def _fold_reinserted(conn: Connection, job_id: uuid.UUID, plan: SyncPlan) -> None:
-    """Rows the import inserted anyway (keep_duplicates) although their pair is kept or earlier
-    in the file become duplicates of that pair: one pair per question in a source."""
-    if not plan.reinserted:
-        return
-    conn.execute(
-        sa.text("DELETE FROM qa_pair WHERE id = ANY(:ids)"),
-        {"ids": [row.pair_id for row, _ in plan.reinserted]},
-    )
-    conn.execute(
-        sa.text(
-            "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
-            "SELECT :j, r, p FROM unnest(CAST(:rows AS int[]), CAST(:pairs AS bigint[])) "
-            "AS t(r, p) ON CONFLICT DO NOTHING"
-        ),
-        {
-            "j": job_id,
-            "rows": [row.source_row for row, _ in plan.reinserted],
-            "pairs": [pair for _, pair in plan.reinserted],
-        },
-    )
-    conn.execute(
-        sa.text(
-            "UPDATE import_job SET pairs_created = pairs_created - :n, "
-            "duplicates_skipped = duplicates_skipped + :n WHERE id = :j"
-        ),
-        {"j": job_id, "n": len(plan.reinserted)},
     )
 
 

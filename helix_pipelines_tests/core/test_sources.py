@@ -110,5 +110,3 @@ def test_the_same_pair_twice_in_a_file_is_a_duplicate_not_an_error():
         [live(1, "Refund?", "14 days.")],
     )  # fmt: skip
     assert plan.repeated == [] and plan.kept == [1] and plan.added == [20]
-    # Inserted again only under keep_duplicates: folded into the pair it repeats.
-    assert [(row.source_row, pair) for row, pair in plan.reinserted] == [(4, 20)]

@@ -210,15 +210,3 @@ def test_a_sync_killed_mid_swap_is_entirely_old_then_entirely_new(
         "Question 3?", "Answer 3, corrected.",
     )  # fmt: skip
     assert first_hit(engine, "Question 190?", "Answer 190.")[0] != "Question 190?"
-
-
-def test_unchanged_rows_kept_as_duplicates_stay_one_pair(engine, tmp_path):
-    v1 = import_version(engine, write(tmp_path / "kb.csv", rows(10)))
-    v2 = import_version(engine, write(tmp_path / "kb (2).csv", rows(10)), keep_duplicates=True)
-
-    assert v2.status == "completed" and v2.checkpoint_data["sync"]["kept"] == 10
-    assert (v2.pairs_created, v2.duplicates_skipped) == (0, 10)
-    assert_accounting(v2)
-    with engine.connect() as conn:
-        owners = conn.execute(sa.text("SELECT DISTINCT import_job_id FROM qa_pair")).scalars()
-        assert list(owners) == [v1.id]
