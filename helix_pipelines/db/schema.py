@@ -133,6 +133,6 @@ qa_pair_change = sa.Table(
     sa.Column("id", sa.BigInteger, primary_key=True),
     sa.Column("import_job_id", UUID(as_uuid=True), nullable=False),
     sa.Column("qa_pair_id", sa.BigInteger, nullable=False),
-    sa.Column("change", sa.Text, nullable=False),  # updated | retired | revived
+    sa.Column("change", sa.Text, nullable=False),  # updated | retired | revived | handed
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )

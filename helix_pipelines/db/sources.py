@@ -91,7 +91,8 @@ def sync_version(
         return SyncOutcome(summary | {"refused": refusal}, refused=refusal)
     _report_repeated(conn, job.id, plan)
     changes = _first_changes(conn, job.id, plan)
-    _apply(conn, job.id, plan)
+    handed = _apply(conn, job, plan)
+    summary["handed_over"] = handed
     return SyncOutcome(summary | {"allow_shrink": allow_shrink, "first_changes": changes})
 
 
@@ -186,26 +187,99 @@ _LOG = sa.text(
 )
 
 
-def _apply(conn: Connection, job_id: uuid.UUID, plan: SyncPlan) -> None:
+def _apply(conn: Connection, job, plan: SyncPlan) -> int:
+    """Apply the plan, each change logged first with the values it replaces; returns how many
+    pairs the source let go of went to another import that holds them."""
+
     def log(change: str, ids: list[int]) -> None:
         if ids:
-            conn.execute(_LOG, {"j": job_id, "change": change, "ids": ids})
+            conn.execute(_LOG, {"j": job.id, "change": change, "ids": ids})
 
+    heirs = _heirs(conn, job, plan.retired)
+    retired = [pair for pair in plan.retired if pair not in heirs]
     log("updated", [live for _, live in plan.updated])
-    log("retired", plan.retired)
+    log("retired", retired)
     log("revived", plan.revived)
+    log("handed", list(heirs))
     if plan.updated:
         _update_in_place(conn, plan.updated)
-    if plan.retired:
+    if retired:
         conn.execute(
             sa.text("UPDATE qa_pair SET retired_at = now() WHERE id = ANY(:ids)"),
-            {"ids": plan.retired},
+            {"ids": retired},
         )
+    _hand_over(conn, heirs)
     if plan.revived:
         conn.execute(
             sa.text("UPDATE qa_pair SET retired_at = NULL WHERE id = ANY(:ids)"),
             {"ids": plan.revived},
         )
+    return len(heirs)
+
+
+def _heirs(conn: Connection, job, pair_ids: list[int]) -> dict[int, tuple[uuid.UUID, int]]:
+    """Of the pairs the source lets go, those another import in place also holds (it skipped
+    them as duplicates): pair -> (that import, its row), the earliest such import."""
+    if not pair_ids:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT ON (d.qa_pair_id) d.qa_pair_id, d.import_job_id, d.source_row "
+            "FROM import_duplicate d JOIN import_job j ON j.id = d.import_job_id "
+            "WHERE d.qa_pair_id = ANY(:ids) AND d.import_job_id <> :j "
+            "AND j.status = ANY(:published) AND j.source_key IS DISTINCT FROM :k "
+            "ORDER BY d.qa_pair_id, j.created_at, d.source_row"
+        ),
+        {"ids": pair_ids, "j": job.id, "k": job.source_key,
+         "published": list(PUBLISHED_JOB_STATUSES)},
+    )  # fmt: skip
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def _hand_over(conn: Connection, heirs: dict[int, tuple[uuid.UUID, int]]) -> None:
+    """Such a pair stays in the knowledge base, now the other import's (as a rollback hands
+    it over): its row there stops counting as a duplicate."""
+    if not heirs:
+        return
+    params = {
+        "ids": list(heirs),
+        "jobs": [str(job_id) for job_id, _ in heirs.values()],
+        "rows": [row for _, row in heirs.values()],
+    }
+    conn.execute(
+        sa.text(
+            "CREATE TEMP TABLE sync_heir ON COMMIT DROP AS SELECT * FROM unnest("
+            "CAST(:ids AS bigint[]), CAST(:jobs AS uuid[]), CAST(:rows AS int[])) "
+            "AS h(pair_id, job_id, source_row)"
+        ),
+        params,
+    )
+    conn.execute(
+        sa.text(
+            "UPDATE qa_pair p SET import_job_id = h.job_id, source_row = h.source_row "
+            "FROM sync_heir h WHERE p.id = h.pair_id"
+        )
+    )
+    conn.execute(
+        sa.text(
+            "DELETE FROM import_duplicate d USING sync_heir h "
+            "WHERE d.import_job_id = h.job_id AND d.source_row = h.source_row"
+        )
+    )
+    _recount(conn, "sync_heir", "job_id", +1)
+    conn.execute(sa.text("DROP TABLE sync_heir"))
+
+
+def _recount(conn: Connection, table: str, job_column: str, sign: int) -> None:
+    """Pairs created +sign, duplicates skipped -sign, per import in `table`."""
+    conn.execute(
+        sa.text(
+            f"UPDATE import_job j SET pairs_created = j.pairs_created + {sign} * c.n, "
+            f"duplicates_skipped = j.duplicates_skipped - {sign} * c.n "
+            f"FROM (SELECT {job_column} AS job_id, count(*) AS n FROM {table} "
+            f"GROUP BY 1) c WHERE j.id = c.job_id"
+        )
+    )
 
 
 def _update_in_place(conn: Connection, updated: list[tuple[int, int]]) -> None:
@@ -292,6 +366,7 @@ def undo_version(conn: Connection, job) -> int:
             f"version {later} of source {job.source_key!r} replaced this one: roll back "
             f"version {later} first"
         )
+    _take_back_handed(conn, job.id)
     assignments = ", ".join(f"{c.strip()} = c.old_{c.strip()}" for c in _OLD_COLUMNS.split(","))
     restored = conn.execute(
         sa.text(
@@ -302,6 +377,27 @@ def undo_version(conn: Connection, job) -> int:
     ).rowcount
     conn.execute(sa.text("DELETE FROM qa_pair_change WHERE import_job_id = :j"), {"j": job.id})
     return restored
+
+
+def _take_back_handed(conn: Connection, job_id: uuid.UUID) -> None:
+    """A pair handed to another import goes back: that import skips its row as a duplicate
+    again (its record and counts as before); the pair's owner and row are restored after."""
+    conn.execute(
+        sa.text(
+            "CREATE TEMP TABLE undo_heir ON COMMIT DROP AS SELECT p.id AS pair_id, "
+            "p.import_job_id AS job_id, p.source_row FROM qa_pair p JOIN qa_pair_change c "
+            "ON c.qa_pair_id = p.id WHERE c.import_job_id = :j AND c.change = 'handed'"
+        ),
+        {"j": job_id},
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
+            "SELECT job_id, source_row, pair_id FROM undo_heir ON CONFLICT DO NOTHING"
+        )
+    )
+    _recount(conn, "undo_heir", "job_id", -1)
+    conn.execute(sa.text("DROP TABLE undo_heir"))
 
 
 # -- reading ------------------------------------------------------------------------------------

@@ -210,3 +210,30 @@ def test_a_sync_killed_mid_swap_is_entirely_old_then_entirely_new(
         "Question 3?", "Answer 3, corrected.",
     )  # fmt: skip
     assert first_hit(engine, "Question 190?", "Answer 190.")[0] != "Question 190?"
+
+
+def test_a_pair_another_source_also_holds_is_handed_over_not_retired(engine, tmp_path):
+    def version(name: str, source: str, pairs) -> jobs.Job:
+        path = write(tmp_path / name, pairs)
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        job, _ = jobs.register_job(engine, source_name=name, source_path=str(path), sha256=sha,
+                                   source_key=source)  # fmt: skip
+        return import_file(engine, job.id, run_id=f"run-{name}").job
+
+    x, y, z = rows(3)
+    version("a.csv", "a", [x, y])
+    b = version("b.csv", "b", [x, z])  # skips X as a duplicate of A's pair
+    before = snapshot(engine)
+    a2 = version("a (2).csv", "a", [y])
+
+    assert a2.checkpoint_data["sync"]["retired"] == 1
+    assert a2.checkpoint_data["sync"]["handed_over"] == 1
+    assert set(live_pairs(engine)) == {x[0], y[0], z[0]}  # B still holds X
+    b_now = jobs.get_job(engine, b.id)
+    assert (b_now.pairs_created, b_now.duplicates_skipped) == (2, 0)
+    assert_accounting(b_now)
+
+    jobs.rollback_job(engine, a2.id)
+    assert snapshot(engine) == before
+    b_back = jobs.get_job(engine, b.id)
+    assert (b_back.pairs_created, b_back.duplicates_skipped) == (1, 1)

@@ -5,7 +5,8 @@
 - `qa_pair.retired_at`: set on a pair that a later version of its source no longer holds.
   Search, embedding and the coverage checks ignore retired pairs; they stay for audit and undo.
 - `qa_pair_change`: what each version changed in pairs it did not create (an answer updated in
-  place, a pair retired or brought back), with the values before, so that rolling the version
+  place, a pair retired or brought back, or handed to another import that also holds it), with
+  the values before, so that rolling the version
   back restores the previous one exactly (answers, embeddings, retirements).
 
 Revision ID: 0004
@@ -68,7 +69,7 @@ def upgrade() -> None:
             server_default=sa.text("now()"),
         ),
         sa.CheckConstraint(
-            "change IN ('updated', 'retired', 'revived')", name="ck_qa_pair_change_change"
+            "change IN ('updated', 'retired', 'revived', 'handed')", name="ck_qa_pair_change_change"
         ),
     )
     op.create_index("ix_qa_pair_change_job", "qa_pair_change", ["import_job_id"])
