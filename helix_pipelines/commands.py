@@ -392,7 +392,7 @@ def _print_job_detail(d: dict) -> None:
 
 
 def _versions(engine, job: jobs.Job) -> list[dict]:
-    from helix_pipelines.db.sources import versions_of
+    from helix_pipelines.db.source_history import versions_of
 
     return versions_of(engine, job.source_key) if job.source_key else []
 

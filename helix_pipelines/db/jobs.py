@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from helix_pipelines.core.liveness import Owner, owner_is_dead, this_process
 from helix_pipelines.core.naming import partition_key_for
 from helix_pipelines.core.redact import redact
-from helix_pipelines.db import liveness, sources
+from helix_pipelines.db import liveness, source_history, sources
 from helix_pipelines.db.schema import (
     FINISHED_JOB_STATUSES,
     import_duplicate,
@@ -452,7 +452,7 @@ def begin_rollback(engine: Engine, ref: str | uuid.UUID, run_id: str, stale_afte
         if job.status != "rolling_back":
             # The previous version is back in the same transaction that hides this one.
             try:
-                sources.undo_version(conn, job)
+                source_history.undo_version(conn, job)
             except sources.SourceBusy as exc:
                 raise JobBusy(str(exc)) from exc
         return _take(conn, job, run_id, "rolling_back")

@@ -7,7 +7,8 @@ version (the import stays `processing`; recovery resumes it and the swap runs ag
 
 Until its swap, the pairs a version inserted are hidden from search (`hidden_jobs`); a pair it
 updates in place keeps its id, gets the new question, answer and category and is re-embedded;
-the old values go to `qa_pair_change` so that a rollback restores them exactly.
+the old values go to `qa_pair_change` so that a rollback restores them exactly
+(db.source_history).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from helix_pipelines.core.sources import Incoming, LivePair, SyncPlan, plan_sync
 from helix_pipelines.db.schema import PUBLISHED_JOB_STATUSES
@@ -175,15 +176,15 @@ def _report_repeated(conn: Connection, job_id: uuid.UUID, plan: SyncPlan) -> Non
     )
 
 
-_OLD_COLUMNS = (
+OLD_COLUMNS = (
     "import_job_id, source_row, question, answer, category, content_hash, embedding, "
     "embedding_status, embedding_model, embedding_attempts, embedding_error, "
     "embedding_truncated, embedded_at, retired_at"
 )
 _LOG = sa.text(
     "INSERT INTO qa_pair_change (import_job_id, qa_pair_id, change, "
-    + ", ".join(f"old_{c.strip()}" for c in _OLD_COLUMNS.split(","))
-    + f") SELECT :j, id, :change, {_OLD_COLUMNS} FROM qa_pair WHERE id = ANY(:ids)"
+    + ", ".join(f"old_{c.strip()}" for c in OLD_COLUMNS.split(","))
+    + f") SELECT :j, id, :change, {OLD_COLUMNS} FROM qa_pair WHERE id = ANY(:ids)"
 )
 
 
@@ -266,11 +267,11 @@ def _hand_over(conn: Connection, heirs: dict[int, tuple[uuid.UUID, int]]) -> Non
             "WHERE d.import_job_id = h.job_id AND d.source_row = h.source_row"
         )
     )
-    _recount(conn, "sync_heir", "job_id", +1)
+    recount(conn, "sync_heir", "job_id", +1)
     conn.execute(sa.text("DROP TABLE sync_heir"))
 
 
-def _recount(conn: Connection, table: str, job_column: str, sign: int) -> None:
+def recount(conn: Connection, table: str, job_column: str, sign: int) -> None:
     """Pairs created +sign, duplicates skipped -sign, per import in `table`."""
     conn.execute(
         sa.text(
@@ -348,94 +349,6 @@ def _first_changes(conn: Connection, job_id: uuid.UUID, plan: SyncPlan) -> list[
             }
         )
     return changes[:CHANGES_SHOWN]
-
-
-# -- undo ---------------------------------------------------------------------------------------
-
-
-def undo_version(conn: Connection, job) -> int:
-    """Inside the transaction that starts a rollback of `job`: put back what the version changed
-    in other versions' pairs (answers, vectors, places, retirements), newest change first. The
-    pairs it added are hidden at once (the job is no longer published) and deleted after."""
-    if not job.source_key or job.status not in PUBLISHED_JOB_STATUSES:
-        return 0  # never in place: nothing of other versions was touched
-    lock_source(conn, job.source_key)
-    later = later_version_in_place(conn, job.source_key, job.source_version)
-    if later is not None:
-        raise SourceBusy(
-            f"version {later} of source {job.source_key!r} replaced this one: roll back "
-            f"version {later} first"
-        )
-    _take_back_handed(conn, job.id)
-    assignments = ", ".join(f"{c.strip()} = c.old_{c.strip()}" for c in _OLD_COLUMNS.split(","))
-    restored = conn.execute(
-        sa.text(
-            f"UPDATE qa_pair p SET {assignments} FROM qa_pair_change c "
-            "WHERE c.import_job_id = :j AND c.qa_pair_id = p.id"
-        ),
-        {"j": job.id},
-    ).rowcount
-    conn.execute(sa.text("DELETE FROM qa_pair_change WHERE import_job_id = :j"), {"j": job.id})
-    return restored
-
-
-def _take_back_handed(conn: Connection, job_id: uuid.UUID) -> None:
-    """A pair handed to another import goes back: that import skips its row as a duplicate
-    again (its record and counts as before); the pair's owner and row are restored after."""
-    conn.execute(
-        sa.text(
-            "CREATE TEMP TABLE undo_heir ON COMMIT DROP AS SELECT p.id AS pair_id, "
-            "p.import_job_id AS job_id, p.source_row FROM qa_pair p JOIN qa_pair_change c "
-            "ON c.qa_pair_id = p.id WHERE c.import_job_id = :j AND c.change = 'handed'"
-        ),
-        {"j": job_id},
-    )
-    conn.execute(
-        sa.text(
-            "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
-            "SELECT job_id, source_row, pair_id FROM undo_heir ON CONFLICT DO NOTHING"
-        )
-    )
-    _recount(conn, "undo_heir", "job_id", -1)
-    conn.execute(sa.text("DROP TABLE undo_heir"))
-
-
-# -- reading ------------------------------------------------------------------------------------
-
-
-def versions_of(engine: Engine, key: str) -> list[dict]:
-    """The versions of a source, newest first, with what each changed."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT source_version, id, partition_key, source_name, status, created_at, "
-                "finished_at, checkpoint_data -> 'sync' AS sync FROM import_job "
-                "WHERE source_key = :k ORDER BY source_version DESC"
-            ),
-            {"k": key},
-        )
-        current = None
-        listing = []
-        for r in rows:
-            sync = {k: v for k, v in (r.sync or {}).items() if k != "first_changes"}
-            is_current = (
-                current is None and r.status in PUBLISHED_JOB_STATUSES and "refused" not in sync
-            )
-            current = current or (r.source_version if is_current else None)
-            listing.append(
-                {
-                    "version": r.source_version,
-                    "import_job_id": str(r.id),
-                    "partition_key": r.partition_key,
-                    "source_name": r.source_name,
-                    "status": r.status,
-                    "current": is_current,
-                    "created_at": r.created_at,
-                    "finished_at": r.finished_at,
-                    "sync": sync or None,
-                }
-            )
-    return listing
 
 
 # Imports whose pairs are not (or no longer) the knowledge base: source versions before their
