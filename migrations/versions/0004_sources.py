@@ -9,10 +9,16 @@
   the values before, so that rolling the version
   back restores the previous one exactly (answers, embeddings, retirements).
 
+Imports made before this revision become versions of the source their file name names (the
+default rule, core.sources.source_key_for), numbered by creation: the next re-export of a file
+imported earlier then replaces it instead of landing beside it.
+
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-02
 """
+
+from collections import Counter
 
 import sqlalchemy as sa
 from alembic import op
@@ -73,6 +79,28 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_qa_pair_change_job", "qa_pair_change", ["import_job_id"])
+    _name_existing_sources()
+
+
+def _name_existing_sources() -> None:
+    from helix_pipelines.core.sources import source_key_for
+
+    bind = op.get_bind()
+    jobs = bind.execute(
+        sa.text("SELECT id, source_name FROM import_job ORDER BY created_at, id")
+    ).all()
+    versions: Counter = Counter()
+    updates = []
+    for job_id, name in jobs:
+        key = source_key_for(name)
+        versions[key] += 1
+        updates.append({"id": job_id, "key": key, "version": versions[key]})
+    if updates:
+        bind.execute(
+            sa.text("UPDATE import_job SET source_key = :key, source_version = :version "
+                    "WHERE id = :id"),
+            updates,
+        )  # fmt: skip
 
 
 def downgrade() -> None:
