@@ -8,6 +8,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from helix_pipelines.pipeline.importing import import_file
 from helix_pipelines.pipeline.intake import intake_file
 from helix_pipelines_tests.test_cli_import import cli, json_lines
@@ -21,6 +23,7 @@ def write(path: Path, n: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_shrinking_version_is_refused_then_confirmed(engine, settings, tmp_path):
     first = write(tmp_path / "export.csv", 20)
     v1, _ = intake_file(engine, first, files_dir=tmp_path / "files", max_file_bytes=10**6,
