@@ -25,6 +25,14 @@ def register(verbs, *, add_json_flag) -> None:
     imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
     imp.add_argument("--no-embed", action="store_true", help="import only; embed later")
     imp.add_argument("--keep-duplicates", action="store_true", help="keep pairs seen before")
+    imp.add_argument(
+        "--source", metavar="KEY",
+        help="the source this file is a new version of (default: from the file name)",
+    )  # fmt: skip
+    imp.add_argument(
+        "--allow-shrink", action="store_true",
+        help="confirm a version that retires more of its source than HELIX_SYNC_MAX_RETIRE_SHARE",
+    )  # fmt: skip
     add_json_flag(imp)
     add_verbose_flag(imp)
     imp.set_defaults(handler=cmd_import)
@@ -85,10 +93,11 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     # A job whose run died (this file imported before, killed) resumes at once.
     _recover(app, instance, settings)
     options = {"keep_duplicates": True} if args.keep_duplicates else {}
+    options |= {"allow_shrink": True} if args.allow_shrink else {}
     unfinished = 0
     for path in args.files:
         try:
-            job = _take(app, settings, path, options)
+            job = _take(app, settings, path, options, _source_arg(args.source))
         except (CannotTake, OSError) as exc:
             unfinished += 1
             _print_refusal(path, str(exc), as_json=args.json)
@@ -106,21 +115,38 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if unfinished else 0
 
 
-def _take(app, settings: Settings, path: Path, options: dict) -> jobs.Job:
+def _take(app, settings: Settings, path: Path, options: dict, source: str | None) -> jobs.Job:
     from helix_pipelines.pipeline.inbox import CannotTake
     from helix_pipelines.pipeline.intake import intake_file
 
     if not path.is_file():
         raise CannotTake("no such file")
-    job, _ = intake_file(
+    job, created = intake_file(
         app.engine,
         path,
         files_dir=settings.files_dir,
         max_file_bytes=settings.max_file_bytes,
         move=False,
         options=options,
+        source_key=source,
     )
+    if not created and jobs.sync_refused(job):
+        # The same file again: a version that waited for confirmation tries its swap again.
+        if source and source != job.source_key:
+            job = jobs.set_source(app.engine, job.id, source)
+        jobs.merge_options(app.engine, job.id, options)
+        job = jobs.reopen_refused(app.engine, job.id)
     return job
+
+
+def _source_arg(source: str | None) -> str | None:
+    from helix_pipelines.cli import CliError
+    from helix_pipelines.core.sources import clean_source_key
+
+    try:
+        return None if source is None else clean_source_key(source)
+    except ValueError as exc:
+        raise CliError(f"--source: {exc}") from exc
 
 
 def _print_refusal(path: Path, error: str, *, as_json: bool) -> None:
@@ -187,7 +213,16 @@ def job_summary(engine, job_id) -> dict:
         "row_errors": job.row_errors,
         "last_error": job.last_error,
         "embeddings": jobs.embedding_counts(engine, job.id),
+        "source_key": job.source_key,
+        "source_version": job.source_version,
+        "sync": sync_summary(job),
     }
+
+
+def sync_summary(job: jobs.Job) -> dict | None:
+    """What the job did to its source (kept, updated, added, retired...), once it tried."""
+    sync = (job.checkpoint_data or {}).get("sync")
+    return None if sync is None else {k: v for k, v in sync.items() if k != "first_changes"}
 
 
 def _print_import(path: Path, s: dict) -> None:
@@ -198,6 +233,12 @@ def _print_import(path: Path, s: dict) -> None:
         f"{s['row_errors']} row errors; embeddings {e['completed']} completed, "
         f"{e['failed']} failed, {e['pending']} pending"
     )
+    sync = s.get("sync")
+    if sync and not sync.get("refused"):
+        print(
+            f"  source {sync['source_key']} version {sync['version']}: {sync['kept']} kept, "
+            f"{sync['updated']} updated, {sync['added']} added, {sync['retired']} retired"
+        )
     if s["last_error"]:
         print(f"  last error: {s['last_error']}")
 
@@ -229,6 +270,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 "finished_at": job.finished_at,
                 "errors": jobs.row_errors_of(app.engine, job.id, limit=50),
                 "progress": job_progress(job),
+                "source_versions": _versions(app.engine, job),
             }
         )
         if args.json:
@@ -308,12 +350,13 @@ def _print_blocked(blocked: dict | None) -> None:
 
 def _print_job_table(listing: list[dict]) -> None:
     header = f"{'partition':<44} {'status':<22} {'rows':>8} {'pairs':>8} {'dups':>7} {'errors':>7}"
-    print(header + "  progress")
+    print(header + f"  {'source':<24} progress")
     for s in listing:
+        source = f"{s['source_key']} v{s['source_version']}" if s["source_key"] else "-"
         print(
             f"{s['partition_key'][:44]:<44} {s['status']:<22} {s['rows_total']:>8} "
             f"{s['pairs_created']:>8} {s['duplicates_skipped']:>7} {s['row_errors']:>7}  "
-            f"{_progress_text(s['progress'])}".rstrip()
+            f"{source[:24]:<24} {_progress_text(s['progress'])}".rstrip()
         )
 
 
@@ -337,6 +380,21 @@ def _print_job_detail(d: dict) -> None:
         print(f"{'progress':>20}: {_progress_text(d['progress'])}")
     for error in d["errors"]:
         print(f"  row {error['source_row']}: {error['error_code']}: {error['message']}")
+    if d["source_versions"]:
+        print(f"versions of source {d['source_key']}:")
+    for v in d["source_versions"]:
+        sync = v["sync"] or {}
+        counts = ", ".join(
+            f"{sync[k]} {k}" for k in ("kept", "updated", "added", "retired") if k in sync
+        )
+        mark = "*" if v["current"] else " "
+        print(f" {mark} v{v['version']} {v['partition_key']} {v['status']} {counts}".rstrip())
+
+
+def _versions(engine, job: jobs.Job) -> list[dict]:
+    from helix_pipelines.db.source_history import versions_of
+
+    return versions_of(engine, job.source_key) if job.source_key else []
 
 
 def cmd_recover(settings: Settings, args: argparse.Namespace) -> int:

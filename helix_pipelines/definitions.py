@@ -60,6 +60,7 @@ def build_resources(settings: Settings) -> dict:
             run_start_grace_s=settings.run_start_grace_s,
             max_attempts=settings.import_max_attempts,
             progress_log_s=settings.progress_log_s,
+            sync_max_retire_share=settings.sync_max_retire_share,
         ),
         "embedding": _embedding_resource(settings),
     }

@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(300.0, gt=0, validation_alias="HELIX_STALE_AFTER_S")
     # A run that started but never showed a heartbeat (it died loading code) is dead after this.
     run_start_grace_s: float = Field(60.0, ge=0, validation_alias="HELIX_RUN_START_GRACE_S")
+    sync_max_retire_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        validation_alias="HELIX_SYNC_MAX_RETIRE_SHARE",
+        description="a new version of a source that would retire more than this share of its "
+        "pairs stops before changing anything, until confirmed (--allow-shrink)",
+    )
     # How often a running import or embedding step logs its progress to the run's event log.
     progress_log_s: float = Field(5.0, gt=0, validation_alias="HELIX_PROGRESS_LOG_S")
 

@@ -23,6 +23,10 @@ SUMMARY_KEYS = {
     "rows_total",
     "pairs_created",
     "duplicates_skipped",
+    # Sources (issue 16): additive keys.
+    "source_key",
+    "source_version",
+    "sync",
     "row_errors",
     "last_error",
     "embeddings",

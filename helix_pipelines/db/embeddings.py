@@ -36,7 +36,7 @@ def claim_pending(conn: Connection, job_id: uuid.UUID | None, limit: int) -> lis
     rows = conn.execute(
         sa.text(
             "SELECT id, question, answer FROM qa_pair "
-            f"WHERE embedding_status = 'pending' {job_filter} "
+            f"WHERE embedding_status = 'pending' AND retired_at IS NULL {job_filter} "
             "ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
         ),
         {"job": job_id, "limit": limit},
@@ -170,7 +170,8 @@ def count_pending(engine: Engine, job_id: uuid.UUID | None) -> int:
     with engine.connect() as conn:
         return conn.scalar(
             sa.text(
-                f"SELECT count(*) FROM qa_pair WHERE embedding_status = 'pending' {job_filter}"
+                "SELECT count(*) FROM qa_pair WHERE embedding_status = 'pending' "
+                f"AND retired_at IS NULL {job_filter}"
             ),
             {"job": job_id},
         )
@@ -197,7 +198,8 @@ def partitions_to_embed(engine: Engine, model: str) -> list[str]:
                 sa.text(
                     "SELECT j.partition_key FROM import_job j "
                     "WHERE j.status <> ALL(:excluded) AND EXISTS (SELECT 1 FROM qa_pair q "
-                    "WHERE q.import_job_id = j.id AND (q.embedding_status = 'pending' OR "
+                    "WHERE q.import_job_id = j.id AND q.retired_at IS NULL AND "
+                    "(q.embedding_status = 'pending' OR "
                     "(q.embedding_status = 'completed' AND q.embedding_model <> :model))) "
                     "ORDER BY j.created_at"
                 ),
@@ -226,7 +228,7 @@ def coverage(engine: Engine, job_id: uuid.UUID, dim: int) -> Coverage:
             conn.execute(
                 sa.text(
                     "SELECT embedding_status, count(*) FROM qa_pair WHERE import_job_id = :job "
-                    "GROUP BY embedding_status"
+                    "AND retired_at IS NULL GROUP BY embedding_status"
                 ),
                 {"job": job_id},
             ).all()
@@ -234,7 +236,7 @@ def coverage(engine: Engine, job_id: uuid.UUID, dim: int) -> Coverage:
         top_errors = conn.execute(
             sa.text(
                 "SELECT left(embedding_error, 200) AS reason, count(*) AS n FROM qa_pair "
-                "WHERE import_job_id = :job AND embedding_status = 'failed' "
+                "WHERE import_job_id = :job AND embedding_status = 'failed' AND retired_at IS NULL "
                 "GROUP BY 1 ORDER BY 2 DESC LIMIT 5"
             ),
             {"job": job_id},

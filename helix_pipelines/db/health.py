@@ -33,7 +33,7 @@ def vector_health(engine: Engine, job_id: uuid.UUID, dim: int) -> VectorHealth:
                 "count(*) FILTER (WHERE embedding_status = 'pending') AS pending, "
                 "extract(epoch FROM now() - min(created_at) "
                 "FILTER (WHERE embedding_status = 'pending')) AS oldest_pending_age_s "
-                "FROM qa_pair WHERE import_job_id = :job"
+                "FROM qa_pair WHERE import_job_id = :job AND retired_at IS NULL"
             ),
             {"job": job_id, "dim": dim},
         ).one()

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from helix_pipelines.core.liveness import Owner, owner_is_dead, this_process
 from helix_pipelines.core.naming import partition_key_for
 from helix_pipelines.core.redact import redact
-from helix_pipelines.db import liveness
+from helix_pipelines.db import liveness, source_history, sources
 from helix_pipelines.db.schema import (
     FINISHED_JOB_STATUSES,
     import_duplicate,
@@ -68,6 +68,8 @@ class Job:
     finished_at: datetime | None
     owner_host: str | None = None
     owner_pid: int | None = None
+    source_key: str | None = None
+    source_version: int | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row) -> Job:
@@ -109,9 +111,12 @@ def register_job(
     source_path: str,
     sha256: str,
     options: dict | None = None,
+    source_key: str | None = None,
 ) -> tuple[Job, bool]:
     """The job for this content: an unfinished one when it exists (same content dropped again
-    starts nothing new), else a new `pending` job. Returns (job, created)."""
+    starts nothing new; a source version refused for retiring too much counts as unfinished),
+    else a new `pending` job, the next version of `source_key` when given. Returns (job,
+    created)."""
     with engine.begin() as conn:
         # Serialise registrations of the same content across processes.
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(sha256))))
@@ -119,9 +124,13 @@ def register_job(
             sa.select(import_job).where(import_job.c.source_sha256 == sha256)
         ).all()
         for row in same_content:
-            if row.status in UNFINISHED:
+            if row.status in UNFINISHED or sync_refused(Job.from_row(row)):
                 return Job.from_row(row), False
         key = partition_key_for(source_name, sha256, generation=len(same_content) + 1)
+        version = None
+        if source_key:
+            sources.lock_source(conn, source_key)
+            version = sources.next_version(conn, source_key)
         row = conn.execute(
             sa.insert(import_job)
             .values(
@@ -132,6 +141,8 @@ def register_job(
                 source_sha256=sha256,
                 status="pending",
                 options=options or {},
+                source_key=source_key,
+                source_version=version,
             )
             .returning(*import_job.c)
         ).one()
@@ -218,10 +229,37 @@ def merge_jsonb(column, values: dict):
     return sa.func.coalesce(column, empty).op("||")(sa.bindparam(None, values, type_=JSONB))
 
 
-def finish_job(engine: Engine, job_id: uuid.UUID, run_id: str) -> Job:
-    """All rows are accounted for: completed, or completed_with_errors when rows were rejected."""
+def finish_job(
+    engine: Engine,
+    job_id: uuid.UUID,
+    run_id: str,
+    *,
+    max_retire_share: float = 0.5,
+    hook=None,
+) -> Job:
+    """All rows are accounted for: completed, or completed_with_errors when rows were rejected.
+    A source version replaces the previous one in this same transaction (db.sources), or is
+    refused and fails with the reason, having changed nothing."""
     with engine.begin() as conn:
         job = lock_owned_job(conn, job_id, run_id)
+        extra = {}
+        if job.source_key:
+            outcome = sources.sync_version(
+                conn, job, max_retire_share=max_retire_share,
+                allow_shrink=bool(job.options.get("allow_shrink")),
+            )  # fmt: skip
+            checkpoint = merge_jsonb(import_job.c.checkpoint_data, {"sync": outcome.summary})
+            if outcome.refused:
+                message = (
+                    f"version {job.source_version} of source {job.source_key!r} {outcome.refused}"
+                )
+                return _update(conn, job.id, status="failed", rows_total=job.rows_processed,
+                               finished_at=sa.func.now(), last_error=redact(message),
+                               checkpoint_data=checkpoint)  # fmt: skip
+            job = get_job(conn, job.id)  # repeated questions became row errors
+            extra["checkpoint_data"] = checkpoint
+        if hook is not None:
+            hook("synced")
         status = "completed_with_errors" if job.row_errors else "completed"
         return _update(
             conn,
@@ -230,7 +268,38 @@ def finish_job(engine: Engine, job_id: uuid.UUID, run_id: str) -> Job:
             rows_total=job.rows_processed,
             finished_at=sa.func.now(),
             last_error=None,
+            **extra,
         )
+
+
+def sync_refused(job: Job) -> bool:
+    """A source version that stopped before retiring too much, waiting for a confirmation."""
+    sync = (job.checkpoint_data or {}).get("sync") or {}
+    return job.status == "failed" and bool(sync.get("refused"))
+
+
+def reopen_refused(engine: Engine, job_id: uuid.UUID) -> Job:
+    """A refused source version back to `pending`, so that its next run tries the swap again
+    (with the options it has now, e.g. allow_shrink). Its pairs are still there: the file is
+    not read again. Other jobs are returned unchanged."""
+    with engine.begin() as conn:
+        job = get_job(conn, job_id, lock=True)
+        if not sync_refused(job):
+            return job
+        return _update(conn, job.id, status="pending", finished_at=None, dagster_run_id=None)
+
+
+def set_source(engine: Engine, job_id: uuid.UUID, source_key: str) -> Job:
+    """Make an import not yet in place a version of `source_key` (the Launchpad's choice)."""
+    with engine.begin() as conn:
+        job = get_job(conn, job_id, lock=True)
+        if job.source_key == source_key:
+            return job
+        if job.finished and not sync_refused(job):
+            raise JobBusy(f"import {job.partition_key} has finished: its source stays")
+        sources.lock_source(conn, source_key)
+        version = sources.next_version(conn, source_key)
+        return _update(conn, job.id, source_key=source_key, source_version=version)
 
 
 def fail_job(engine: Engine, job_id: uuid.UUID, message: str) -> Job:
@@ -380,6 +449,12 @@ def begin_rollback(engine: Engine, ref: str | uuid.UUID, run_id: str, stale_afte
                 f"import {job.partition_key} is being {verb} by run {job.dagster_run_id}: "
                 "wait for it, or stop it and run `helix-pipelines recover`"
             )
+        if job.status != "rolling_back":
+            # The previous version is back in the same transaction that hides this one.
+            try:
+                source_history.undo_version(conn, job)
+            except sources.SourceBusy as exc:
+                raise JobBusy(str(exc)) from exc
         return _take(conn, job, run_id, "rolling_back")
 
 
@@ -509,7 +584,7 @@ def row_errors_of(engine: Engine, job_id: uuid.UUID, limit: int = 100) -> list[d
 def embedding_counts(engine: Engine, job_id: uuid.UUID) -> dict[str, int]:
     query = (
         sa.select(qa_pair.c.embedding_status, sa.func.count())
-        .where(qa_pair.c.import_job_id == job_id)
+        .where(qa_pair.c.import_job_id == job_id, qa_pair.c.retired_at.is_(None))
         .group_by(qa_pair.c.embedding_status)
     )
     counts = {"completed": 0, "failed": 0, "pending": 0}

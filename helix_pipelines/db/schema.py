@@ -46,7 +46,11 @@ import_job = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("owner_host", sa.Text),
     sa.Column("owner_pid", sa.Integer),
+    sa.Column("source_key", sa.Text),
+    sa.Column("source_version", sa.Integer),
 )
+# Job statuses whose pairs are the knowledge base (a source version counts once it completed).
+PUBLISHED_JOB_STATUSES = ("completed", "completed_with_errors")
 
 
 def qa_pair_table(dim: int | None = None) -> sa.Table:
@@ -69,6 +73,7 @@ def qa_pair_table(dim: int | None = None) -> sa.Table:
         sa.Column("embedding_truncated", sa.Boolean, nullable=False),
         sa.Column("embedded_at", sa.DateTime(timezone=True)),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("retired_at", sa.DateTime(timezone=True)),
         extend_existing=True,
     )
 
@@ -118,4 +123,16 @@ import_duplicate = sa.Table(
     sa.Column("import_job_id", UUID(as_uuid=True), primary_key=True),
     sa.Column("source_row", sa.Integer, primary_key=True),
     sa.Column("qa_pair_id", sa.BigInteger, nullable=False),
+)
+
+# What each source version changed in pairs it did not create, with the values before: the
+# undo log of a version (db.sources).
+qa_pair_change = sa.Table(
+    "qa_pair_change",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("import_job_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("qa_pair_id", sa.BigInteger, nullable=False),
+    sa.Column("change", sa.Text, nullable=False),  # updated | retired | revived | handed
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -16,7 +16,9 @@ def job_status_counts(engine: Engine) -> dict[str, int]:
 def embedding_status_counts(engine: Engine) -> dict[str, int]:
     return _counts(
         engine,
-        "SELECT embedding_status, count(*) FROM qa_pair GROUP BY embedding_status",
+        # Retired pairs are no longer the knowledge base (and never claimed for embedding).
+        "SELECT embedding_status, count(*) FROM qa_pair WHERE retired_at IS NULL "
+        "GROUP BY embedding_status",
         EMBEDDING_STATUSES,
     )
 

@@ -82,8 +82,24 @@ class QaPairsConfig(Config):
         "Unset: the job's stored option (false unless given at import).",
     )
 
+    source: str | None = Field(
+        default=None,
+        description="The source this file is a new version of (its pairs replace the source's "
+        "current ones once the import completes). Unset: the source chosen at import, by "
+        "default the file name without dates and copy markers.",
+    )
+    allow_shrink: bool | None = Field(
+        default=None,
+        description="Confirm a version that retires more of its source than "
+        "HELIX_SYNC_MAX_RETIRE_SHARE (a version refused for that is tried again).",
+    )
+
     def options(self) -> dict:
-        given = {"column_mapping": self.column_mapping, "keep_duplicates": self.keep_duplicates}
+        given = {
+            "column_mapping": self.column_mapping,
+            "keep_duplicates": self.keep_duplicates,
+            "allow_shrink": self.allow_shrink,
+        }
         return {key: value for key, value in given.items() if value is not None}
 
 
@@ -132,6 +148,9 @@ def qa_pairs(
     job = jobs.get_job(engine, context.partition_key)
     if config.options():
         job = jobs.merge_options(engine, job.id, config.options())
+    if config.source:
+        job = jobs.set_source(engine, job.id, config.source)
+    job = jobs.reopen_refused(engine, job.id)
     try:
         report = import_file(
             engine,
@@ -193,6 +212,34 @@ def import_metadata(report: ImportReport, first_errors: pd.DataFrame | None = No
     }
     if first_errors is not None:
         metadata["first_row_errors"] = row_error_table(first_errors)
+    return metadata | sync_metadata(job)
+
+
+SYNC_COUNTS = ("kept", "updated", "added", "retired", "repeated_questions")
+CHANGE_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("change", "string", description="updated, added or retired"),
+        TableColumn("qa_pair_id", "int"),
+        TableColumn("question", "string"),
+        TableColumn("old_answer", "string"),
+        TableColumn("new_answer", "string"),
+    ]
+)
+
+
+def sync_metadata(job: jobs.Job) -> dict:
+    """What a source version did to its source: counts, and a table of its first changes."""
+    sync = (job.checkpoint_data or {}).get("sync")
+    if not sync:
+        return {}
+    metadata = {
+        "source_key": job.source_key or "",
+        "source_version": job.source_version or 0,
+        "previous_version": sync.get("previous_version") or 0,
+    }
+    metadata |= {f"sync_{name}": int(sync.get(name, 0)) for name in SYNC_COUNTS}
+    records = [TableRecord(change) for change in sync.get("first_changes") or []]
+    metadata["first_changes"] = MetadataValue.table(records=records, schema=CHANGE_SCHEMA)
     return metadata
 
 

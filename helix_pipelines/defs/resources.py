@@ -48,6 +48,7 @@ class ImportSettingsResource(ConfigurableResource):
     batch_deadline_s: float = 60.0
     inbox_files_per_tick: int = 50
     progress_log_s: float = 5.0  # cadence of the progress lines in a running step's log
+    sync_max_retire_share: float = 0.5  # HELIX_SYNC_MAX_RETIRE_SHARE
 
     def recovery_policy(self, stale_after_s: float | None = None) -> RecoveryPolicy:
         return RecoveryPolicy(
@@ -69,6 +70,7 @@ class ImportSettingsResource(ConfigurableResource):
             keep_duplicates=bool(job_options.get("keep_duplicates", False)),
             batch_deadline_s=self.batch_deadline_s,
             stale_after_s=self.stale_after_s,
+            max_retire_share=self.sync_max_retire_share,
         )
 
 

@@ -73,6 +73,8 @@ class ImportOptions:
     max_timeouts_at_minimum: int = 3
     retry: RetryBudget = field(default_factory=RetryBudget)
     stale_after_s: float = 300.0
+    # A source version retiring more than this share of the source waits for confirmation.
+    max_retire_share: float = 0.5
 
 
 @dataclass
@@ -147,7 +149,9 @@ def _import(engine, job, report, run_id, options, observers, hook, started) -> I
             writer.write(_damage_batch(batches.next_row, batches.damage))
         report.summary = source.summary.as_dict()
     jobs.set_format(engine, job.id, source.summary.file_format, report.summary)
-    report.job = jobs.finish_job(engine, job.id, run_id)
+    report.job = jobs.finish_job(
+        engine, job.id, run_id, max_retire_share=options.max_retire_share, hook=hook
+    )
     report.batches, report.retries = writer.batches, writer.retries
     report.batch_size, report.rows_this_run = writer.sizer.current, writer.rows
     report.duration_s = time.monotonic() - started

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
+from helix_pipelines.core.sources import source_key_for
 from helix_pipelines.db import jobs
 from helix_pipelines.pipeline.inbox import (
     copy_stored,
@@ -26,11 +27,15 @@ def intake_file(
     max_file_bytes: int,
     move: bool,
     options: dict | None = None,
+    source_key: str | None = None,
 ) -> tuple[jobs.Job, bool]:
     """Stage a copy (hashed while copied), register the job, then put the copy in place: a
     crash in between leaves the inbox file where it was and the next look finds the job (same
     content) instead of making a second one. ``move`` (the inbox) never follows a symlink and
     removes the taken file; otherwise (the CLI) the named file is copied and left alone.
+
+    The import is a version of `source_key`, by default of the source its file name names
+    (core.sources.source_key_for).
 
     Raises CannotTake for anything but a readable, non-empty regular file under the limit.
     """
@@ -45,6 +50,7 @@ def intake_file(
             source_path=str(destination),
             sha256=staged.sha256,
             options=options,
+            source_key=source_key or source_key_for(name),
         )
         place(staged, destination)
     finally:

@@ -17,12 +17,12 @@ EXPECTED_COLUMNS = {
         "id", "partition_key", "source_name", "source_path", "source_sha256", "format", "status",
         "rows_total", "rows_processed", "pairs_created", "duplicates_skipped", "row_errors",
         "checkpoint_data", "attempts", "last_error", "dagster_run_id", "created_at", "started_at",
-        "heartbeat_at", "finished_at",
+        "heartbeat_at", "finished_at", "source_key", "source_version",
     },
     "qa_pair": {
         "id", "import_job_id", "source_row", "question", "answer", "category", "content_hash",
         "embedding", "embedding_status", "embedding_model", "embedding_attempts",
-        "embedding_error", "embedded_at", "created_at",
+        "embedding_error", "embedded_at", "created_at", "retired_at",
     },
     "import_row_error": {"import_job_id", "source_row", "error_code", "message", "raw_excerpt"},
 }  # fmt: skip
@@ -165,3 +165,29 @@ def test_db_url_hides_the_password(settings):
 
 def _tables(engine) -> set[str]:
     return set(sa.inspect(engine).get_table_names())
+
+
+def test_imports_made_before_sources_become_versions_of_theirs(scratch_engine):
+    migrate.upgrade(scratch_engine, 8, revision="0003")
+    names = ["faq.csv", "orders.csv", "faq (2).csv", "FAQ_2026-11-30.csv"]
+    with scratch_engine.begin() as conn:
+        for minute, name in enumerate(names):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO import_job (id, partition_key, source_name, status, created_at) "
+                    "VALUES (gen_random_uuid(), :key, :name, 'completed', "
+                    "now() - make_interval(mins => :ago))"
+                ),
+                {"key": f"p{minute}", "name": name, "ago": 10 - minute},
+            )
+
+    migrate.upgrade(scratch_engine, 8, revision="0004")
+
+    with scratch_engine.connect() as conn:
+        found = conn.execute(
+            sa.text("SELECT source_name, source_key, source_version FROM import_job")
+        ).all()
+    assert sorted(found) == [
+        ("FAQ_2026-11-30.csv", "faq", 3), ("faq (2).csv", "faq", 2), ("faq.csv", "faq", 1),
+        ("orders.csv", "orders", 1),
+    ]  # fmt: skip

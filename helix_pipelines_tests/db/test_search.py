@@ -6,6 +6,7 @@ import numpy as np
 import sqlalchemy as sa
 from pgvector.psycopg import register_vector
 
+from helix_pipelines.db import search
 from helix_pipelines.db.search import nearest
 from helix_pipelines.embedding.base import embedding_text
 from helix_pipelines.embedding.local_provider import LocalProvider
@@ -60,12 +61,11 @@ def test_search_walks_the_hnsw_index(engine):
     with engine.begin() as conn:
         conn.execute(sa.text("ANALYZE qa_pair"))
         conn.execute(sa.text("SET LOCAL enable_seqscan = off"))  # 320 rows: a scan is cheaper
-        register_vector(conn.connection.driver_connection)
-        plan = conn.execute(
-            sa.text(
-                "EXPLAIN SELECT id FROM qa_pair WHERE embedding IS NOT NULL "
-                "ORDER BY embedding <=> :v LIMIT 5"
-            ),
-            {"v": np.ones(TEST_EMBEDDING_DIM, dtype=np.float32)},
-        ).scalars()
+        raw = conn.connection.driver_connection
+        register_vector(raw)
+        with raw.cursor() as cursor:
+            # The query search runs, filters for retired and hidden pairs included.
+            query = {"query": np.ones(TEST_EMBEDDING_DIM, dtype=np.float32), "k": 5}
+            cursor.execute("EXPLAIN " + search._NEAREST, query)
+            plan = [row[0] for row in cursor.fetchall()]
         assert "ix_qa_pair_embedding_hnsw" in "\n".join(plan)

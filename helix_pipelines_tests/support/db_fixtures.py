@@ -21,6 +21,7 @@ APP_TABLES = (
     "qa_pair",
     "import_row_error",
     "import_duplicate",
+    "qa_pair_change",
     "import_job",
     "pipeline_state",
     "run_heartbeat",
