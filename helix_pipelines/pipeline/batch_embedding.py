@@ -1,0 +1,394 @@
+"""Embedding large backlogs through the OpenAI Batch API: submit, poll, collect, cancel.
+
+Submission reserves pending pairs in a new `embedding_batch` row (they become `batched`, so no
+synchronous run claims them), then records its intent before each remote call: `uploading`
+before the file goes up, `creating` before the batch is created. A process killed anywhere
+leaves a row whose advisory lock is free (db.embedding_batches.batch_lock); `resume_abandoned`
+finishes it, adopting the file (found by name) or the batch (found by its `metadata`) that
+reached the server before its id was stored. So a batch is never created twice for the same
+pairs, and a finished batch's results are never lost.
+
+Collection downloads the output and error files, matches them to pairs by `custom_id`, and
+settles every pair of the batch in one transaction (a crash mid-way rolls back and the next
+collection starts over; a collected batch is skipped):
+- a vector: validated as the synchronous path does (`decode_embeddings`: count, index, width,
+  finite) and only if the pair's text is unchanged since submission (else pending again),
+  then written with the same bulk path (db.embeddings.write_results);
+- an input refused (4xx): the pair fails alone, with the API's message;
+- a transient error for that request (429, 5xx): an attempt, as in sync (parked when used up);
+- no result (the batch expired or was cancelled first): pending again, no attempt;
+- the whole batch failed (validation): an attempt for each pair, with the batch's errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.engine import Engine
+
+from helix_pipelines.core.batching import prepare_items
+from helix_pipelines.db import embedding_batches as batches
+from helix_pipelines.db import embeddings as store
+from helix_pipelines.db.embedding_batches import BatchRow
+from helix_pipelines.db.embeddings import ChunkOutcome
+from helix_pipelines.embedding.base import EmbeddingError, embedding_text
+from helix_pipelines.embedding.openai_batch import (
+    MAX_FILE_BYTES,
+    MAX_REQUESTS,
+    BatchClient,
+    LineResult,
+    RemoteBatch,
+    build_jsonl,
+    file_name,
+    parse_results,
+)
+from helix_pipelines.embedding.openai_provider import decode_embeddings
+
+# Named points of a batch's life, reported to `on_step` (tests stop a real process there).
+Step = str  # "built" | "uploaded" | "created" | "downloaded" | "collected"
+StepHook = Callable[[Step, uuid.UUID], None]
+# Bytes of a JSONL line besides its text: keeps a file under the 200 MB limit.
+LINE_OVERHEAD = 200
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    model: str
+    dim: int
+    send_dimensions: bool = True
+    max_pairs: int = MAX_REQUESTS
+    max_file_bytes: int = MAX_FILE_BYTES - 10 * 1024 * 1024
+    max_input_tokens: int = 8192
+    truncate: bool = True
+    max_attempts: int = 5
+    usd_per_million_tokens: float = 0.01  # text-embedding-3-small at batch prices
+    poll_interval_s: float = 60.0
+
+
+@dataclass
+class SubmitReport:
+    batches: list[uuid.UUID] = field(default_factory=list)
+    resumed: list[uuid.UUID] = field(default_factory=list)
+    pairs: int = 0
+    rejected: int = 0
+    token_estimate: int = 0
+    usd_per_million_tokens: float = 0.0
+
+    @property
+    def estimated_cost_usd(self) -> float:
+        return self.token_estimate * self.usd_per_million_tokens / 1_000_000
+
+
+@dataclass
+class CollectReport:
+    batch_id: uuid.UUID
+    state: str = ""
+    embedded: int = 0
+    failed: int = 0
+    retried: int = 0
+    returned: int = 0
+    skipped: bool = False  # collected before, or another process holds it
+    job_ids: set[uuid.UUID] = field(default_factory=set)
+
+
+def text_hash(question: str, answer: str) -> str:
+    return hashlib.sha256(embedding_text(question, answer).encode("utf-8")).hexdigest()
+
+
+# -- submission ------------------------------------------------------------------------------
+
+
+def submit_batches(
+    engine: Engine,
+    client: BatchClient,
+    options: BatchOptions,
+    *,
+    job_id: uuid.UUID | None = None,
+    on_step: StepHook | None = None,
+) -> SubmitReport:
+    """Finish abandoned submissions, then send the pending pairs (of one import, or all) in
+    batches of at most `max_pairs` requests and `max_file_bytes`."""
+    report = SubmitReport(usd_per_million_tokens=options.usd_per_million_tokens)
+    report.resumed = resume_abandoned(engine, client, options, on_step=on_step)
+    while (batch_id := _reserve_next(engine, options, job_id, report)) is not None:
+        report.batches.append(batch_id)
+        _advance(engine, client, options, batch_id, on_step)
+    return report
+
+
+def _reserve_next(engine, options: BatchOptions, job_id, report: SubmitReport):
+    """Reserve the next pending pairs in a new batch row; None when none is left."""
+    while True:
+        with engine.begin() as conn:
+            claimed = store.claim_pending(conn, job_id, options.max_pairs)
+            if not claimed:
+                return None
+            rows = [(p.id, embedding_text(p.question, p.answer)) for p in claimed]
+            items, rejected = prepare_items(rows, options.max_input_tokens, options.truncate)
+            store.write_results(
+                conn, ChunkOutcome(failed=dict(rejected)), model=options.model,
+                max_attempts=options.max_attempts,
+            )  # fmt: skip
+            report.rejected += len(rejected)
+            items = _fit_file(items, options.max_file_bytes)
+            if not items:
+                continue
+            hashes = {p.id: text_hash(p.question, p.answer) for p in claimed}
+            tokens = sum(item.tokens for item in items)
+            batch_id = batches.reserve(
+                conn, model=options.model, dim=options.dim, job_id=job_id,
+                pairs=[(i.key, hashes[i.key], i.truncated) for i in items],
+                token_estimate=tokens,
+            )  # fmt: skip
+        report.pairs += len(items)
+        report.token_estimate += tokens
+        return batch_id
+
+
+def _fit_file(items, max_bytes: int):
+    """The longest prefix whose JSONL stays under the file limit; the rest stays pending."""
+    total = 0
+    for index, item in enumerate(items):
+        total += len(item.text.encode("utf-8")) + LINE_OVERHEAD
+        if total > max_bytes:
+            return items[:index]
+    return items
+
+
+def resume_abandoned(
+    engine: Engine, client: BatchClient, options: BatchOptions, *, on_step=None
+) -> list[uuid.UUID]:
+    """Carry on every submission a dead process left before `validating`."""
+    resumed = []
+    for row in batches.list_batches(engine, batches.UNSUBMITTED):
+        if _advance(engine, client, options, row.id, on_step):
+            resumed.append(row.id)
+    return resumed
+
+
+def abandoned(engine: Engine) -> list[uuid.UUID]:
+    """Unsubmitted batches no live process is working on (for the sensor)."""
+    found = []
+    for row in batches.list_batches(engine, batches.UNSUBMITTED):
+        with batches.batch_lock(engine, row.id) as free:
+            if free:
+                found.append(row.id)
+    return found
+
+
+def _advance(engine, client: BatchClient, options: BatchOptions, batch_id, on_step) -> bool:
+    """Take one batch from wherever its row says to `validating`; False if another process
+    holds it or it is past submission."""
+    note = on_step or (lambda step, batch: None)
+    with batches.batch_lock(engine, batch_id) as mine:
+        if not mine:
+            return False
+        row = batches.get(engine, batch_id)
+        if row.state not in batches.UNSUBMITTED:
+            return False
+        name = file_name(str(batch_id))
+        if row.state == "building":
+            content = _build_file(engine, row, options)
+            note("built", batch_id)
+            batches.update(engine, batch_id, state="uploading")
+            file_id = client.upload(name, content)
+        elif row.state == "uploading":  # the upload may have reached the server: look first
+            file_id = client.find_file(name) or client.upload(
+                name, _build_file(engine, row, options)
+            )
+        else:
+            file_id = row.input_file_id
+        if row.state != "creating":
+            batches.update(engine, batch_id, state="creating", input_file_id=file_id)
+            note("uploaded", batch_id)
+        remote = client.find_batch(str(batch_id)) if row.state == "creating" else None
+        remote = remote or client.create(file_id, str(batch_id))
+        record_remote(engine, batch_id, remote, submitted=True)
+        note("created", batch_id)
+        return True
+
+
+def _build_file(engine: Engine, row: BatchRow, options: BatchOptions) -> bytes:
+    with engine.connect() as conn:
+        pairs = batches.open_pairs(conn, row.id)
+    rows = [(p.id, embedding_text(p.question, p.answer)) for p in pairs]
+    items, _ = prepare_items(rows, options.max_input_tokens, truncate=True)
+    return build_jsonl(
+        ((str(item.key), item.text) for item in items),
+        model=row.model, dim=row.dim, send_dimensions=options.send_dimensions,
+    )  # fmt: skip
+
+
+def record_remote(engine: Engine, batch_id: uuid.UUID, remote: RemoteBatch, *, submitted=False):
+    values = {
+        "state": remote.status,
+        "remote_batch_id": remote.id,
+        "input_file_id": remote.input_file_id,
+        "output_file_id": remote.output_file_id,
+        "error_file_id": remote.error_file_id,
+        "completed_count": remote.completed,
+        "failed_count": remote.failed,
+        "polled_at": datetime.now(UTC),
+    }
+    if remote.tokens is not None:
+        values["tokens_used"] = remote.tokens
+    if remote.errors:
+        values["errors"] = remote.errors
+    if remote.expires_at:
+        values["expires_at"] = datetime.fromtimestamp(remote.expires_at, UTC)
+    if submitted:
+        values["submitted_at"] = datetime.now(UTC)
+    if remote.finished:
+        values["finished_at"] = datetime.now(UTC)
+    batches.update(engine, batch_id, **values)
+
+
+# -- polling ---------------------------------------------------------------------------------
+
+
+def poll_batches(
+    engine: Engine, client: BatchClient, *, min_interval_s: float, now: datetime | None = None
+) -> list[uuid.UUID]:
+    """Ask the server about live batches not asked within `min_interval_s` (a bounded rate,
+    whatever the sensor's tick); returns every batch finished and not yet collected."""
+    now = now or datetime.now(UTC)
+    due = now - timedelta(seconds=min_interval_s)
+    for row in batches.list_batches(engine, batches.LIVE_REMOTE):
+        if row.polled_at is None or row.polled_at <= due:
+            record_remote(engine, row.id, client.retrieve(row.remote_batch_id))
+    return [row.id for row in batches.list_batches(engine, batches.FINISHED_REMOTE)]
+
+
+# -- collection ------------------------------------------------------------------------------
+
+
+def collect_batch(
+    engine: Engine,
+    client: BatchClient,
+    batch_id: uuid.UUID,
+    options: BatchOptions,
+    *,
+    on_step: StepHook | None = None,
+) -> CollectReport:
+    """Store a finished batch's results and return its unfinished pairs; idempotent."""
+    report = CollectReport(batch_id)
+    note = on_step or (lambda step, batch: None)
+    with batches.batch_lock(engine, batch_id) as mine:
+        row = batches.get(engine, batch_id)
+        report.state = row.state
+        if not mine or row.state not in batches.FINISHED_REMOTE:
+            report.skipped = True
+            return report
+        results = _download(client, row)
+        note("downloaded", batch_id)
+        with engine.begin() as conn:
+            pairs = batches.open_pairs(conn, batch_id, lock=True)
+            outcome, returned, outcomes = _decide(row, pairs, results)
+            parked = store.write_results(
+                conn, outcome, model=row.model, max_attempts=options.max_attempts
+            )
+            batches.return_to_pending(conn, returned)
+            batches.settle(conn, batch_id, outcomes)
+            report.job_ids = batches.jobs_of(conn, [p.id for p in pairs])
+            batches.update(conn, batch_id, state="collected", collected_at=datetime.now(UTC))
+        note("collected", batch_id)
+    report.embedded = len(outcome.vectors)
+    report.failed = len(outcome.failed) + parked
+    report.retried = len(outcome.retry_later)
+    report.returned = len(returned)
+    return report
+
+
+def _download(client: BatchClient, row: BatchRow) -> dict[str, LineResult]:
+    results: dict[str, LineResult] = {}
+    for file_id in (row.error_file_id, row.output_file_id):  # a success wins over an error
+        if file_id:
+            results.update((r.custom_id, r) for r in parse_results(client.content(file_id)))
+    return results
+
+
+def _decide(row: BatchRow, pairs, results: dict[str, LineResult]):
+    outcome = ChunkOutcome()
+    returned: list[int] = []
+    outcomes: dict[int, str] = {}
+    batch_error = _batch_error(row)
+    for pair in pairs:
+        if pair.status != "batched":  # rolled back, or settled by hand: not ours any more
+            outcomes[pair.id] = "skipped"
+            continue
+        result = results.get(str(pair.id))
+        verdict = _verdict(row, pair, result, batch_error, outcome)
+        outcomes[pair.id] = verdict
+        if verdict == "returned":
+            returned.append(pair.id)
+    return outcome, returned, outcomes
+
+
+def _verdict(row: BatchRow, pair, result: LineResult | None, batch_error, outcome) -> str:
+    if result is None or (not result.ok and result.status_code is None):
+        if row.state == "failed":  # the whole batch was refused: an attempt, as a 5xx is
+            outcome.retry_later[pair.id] = batch_error
+            return "retry"
+        return "returned"  # expired or cancelled before this request ran
+    if result.ok:
+        if text_hash(pair.question, pair.answer) != pair.text_hash:
+            return "returned"  # the text changed since submission: embed the new one
+        try:
+            vector = decode_embeddings(result.body, 1, row.dim)[0]
+        except EmbeddingError as exc:
+            outcome.retry_later[pair.id] = exc.message
+            return "retry"
+        outcome.vectors[pair.id] = vector
+        if pair.truncated:
+            outcome.truncated.add(pair.id)
+        return "completed"
+    if result.invalid_input:
+        outcome.failed[pair.id] = result.error or f"HTTP {result.status_code}"
+        return "failed"
+    outcome.retry_later[pair.id] = result.error or f"HTTP {result.status_code}"
+    return "retry"
+
+
+def _batch_error(row: BatchRow) -> str:
+    messages = [e.get("message") for e in row.errors or [] if isinstance(e, dict)]
+    return "batch failed: " + ("; ".join(m for m in messages if m) or "no reason given")[:900]
+
+
+# -- cancel ----------------------------------------------------------------------------------
+
+
+def cancel_batches(
+    engine: Engine, client: BatchClient, batch_id: uuid.UUID | None = None
+) -> list[uuid.UUID]:
+    """Ask the server to cancel live batches (one, or all); the sensor collects them once
+    cancelled: finished work is kept, the rest goes back to pending. A batch not yet created
+    (and not being worked on) is cancelled locally: its pairs go back at once."""
+    cancelled = []
+    states = batches.LIVE_REMOTE + batches.UNSUBMITTED
+    for row in batches.list_batches(engine, states):
+        if batch_id is not None and row.id != batch_id:
+            continue
+        if row.state in batches.UNSUBMITTED:
+            if _cancel_unsubmitted(engine, client, row):
+                cancelled.append(row.id)
+            continue
+        if row.state != "cancelling":
+            record_remote(engine, row.id, client.cancel(row.remote_batch_id))
+        cancelled.append(row.id)
+    return cancelled
+
+
+def _cancel_unsubmitted(engine: Engine, client: BatchClient, row: BatchRow) -> bool:
+    with batches.batch_lock(engine, row.id) as mine:
+        if not mine:
+            return False
+        remote = client.find_batch(str(row.id)) if row.state == "creating" else None
+        if remote is not None:  # it reached the server after all
+            record_remote(engine, row.id, client.cancel(remote.id), submitted=True)
+            return True
+        batches.update(engine, row.id, state="cancelled", finished_at=datetime.now(UTC))
+    return True
