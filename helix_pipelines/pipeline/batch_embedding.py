@@ -49,7 +49,7 @@ from helix_pipelines.embedding.openai_batch import (
 from helix_pipelines.embedding.openai_provider import decode_embeddings
 
 # Named points of a batch's life, reported to `on_step` (tests stop a real process there).
-Step = str  # "built" | "uploaded" | "created" | "downloaded" | "collected"
+Step = str  # "built" | "uploaded" | "created" | "writing"
 StepHook = Callable[[Step, uuid.UUID], None]
 # Bytes of a JSONL line besides its text: keeps a file under the 200 MB limit.
 LINE_OVERHEAD = 200
@@ -196,6 +196,7 @@ def _advance(engine, client: BatchClient, options: BatchOptions, batch_id, on_st
             note("built", batch_id)
             batches.update(engine, batch_id, state="uploading")
             file_id = client.upload(name, content)
+            note("uploaded", batch_id)  # on the server, not yet recorded: found by name
         elif row.state == "uploading":  # the upload may have reached the server: look first
             file_id = client.find_file(name) or client.upload(
                 name, _build_file(engine, row, options)
@@ -204,11 +205,13 @@ def _advance(engine, client: BatchClient, options: BatchOptions, batch_id, on_st
             file_id = row.input_file_id
         if row.state != "creating":
             batches.update(engine, batch_id, state="creating", input_file_id=file_id)
-            note("uploaded", batch_id)
-        remote = client.find_batch(str(batch_id)) if row.state == "creating" else None
-        remote = remote or client.create(file_id, str(batch_id))
+            remote = None
+        else:  # the create may have reached the server: adopt it rather than pay twice
+            remote = client.find_batch(str(batch_id))
+        if remote is None:
+            remote = client.create(file_id, str(batch_id))
+            note("created", batch_id)  # on the server, not yet recorded: found by metadata
         record_remote(engine, batch_id, remote, submitted=True)
-        note("created", batch_id)
         return True
 
 
@@ -284,7 +287,6 @@ def collect_batch(
             report.skipped = True
             return report
         results = _download(client, row)
-        note("downloaded", batch_id)
         with engine.begin() as conn:
             pairs = batches.open_pairs(conn, batch_id, lock=True)
             outcome, returned, outcomes = _decide(row, pairs, results)
@@ -293,9 +295,9 @@ def collect_batch(
             )
             batches.return_to_pending(conn, returned)
             batches.settle(conn, batch_id, outcomes)
+            note("writing", batch_id)  # results written, not committed: all or nothing
             report.job_ids = batches.jobs_of(conn, [p.id for p in pairs])
             batches.update(conn, batch_id, state="collected", collected_at=datetime.now(UTC))
-        note("collected", batch_id)
     report.embedded = len(outcome.vectors)
     report.failed = len(outcome.failed) + parked
     report.retried = len(outcome.retry_later)
@@ -392,3 +394,27 @@ def _cancel_unsubmitted(engine: Engine, client: BatchClient, row: BatchRow) -> b
             return True
         batches.update(engine, row.id, state="cancelled", finished_at=datetime.now(UTC))
     return True
+
+
+# -- one cycle, as the sensor's run and the CLI do it ----------------------------------------
+
+
+@dataclass
+class CycleReport:
+    resumed: list[uuid.UUID] = field(default_factory=list)
+    collected: list[CollectReport] = field(default_factory=list)
+
+
+def run_cycle(
+    engine: Engine,
+    client: BatchClient,
+    options: BatchOptions,
+    *,
+    min_interval_s: float = 0.0,
+    on_step: StepHook | None = None,
+) -> CycleReport:
+    """Finish abandoned submissions, poll live batches, collect every finished one."""
+    report = CycleReport(resumed=resume_abandoned(engine, client, options, on_step=on_step))
+    for batch_id in poll_batches(engine, client, min_interval_s=min_interval_s):
+        report.collected.append(collect_batch(engine, client, batch_id, options, on_step=on_step))
+    return report
