@@ -89,6 +89,8 @@ def _coverage(cov: Coverage, limits: CheckLimits, blocked: dict | None) -> Check
             "total": cov.total,
             "completed": cov.completed,
             "pending": cov.pending,
+            "in_batches": cov.batched,
+            "oldest_batch_age_s": round(cov.oldest_batched_age_s or 0.0, 1),
             "failed": cov.failed,
             "commonest_failures": [{"reason": r, "pairs": n} for r, n in cov.top_errors],
             "embeddings_blocked": f"{blocked['reason']}: {blocked['message']}" if blocked else "",
