@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 from dagster import RunRequest, SkipReason, build_sensor_context, instance_for_test, materialize
+from prometheus_client import generate_latest
 
+from helix_pipelines import metrics
 from helix_pipelines.db import embedding_batches as batches
 from helix_pipelines.defs.assets import COVERAGE_CHECK, EMBED_MODE_TAG, qa_embeddings
 from helix_pipelines.defs.batches import (
@@ -86,6 +88,12 @@ def test_auto_sends_a_backlog_to_batches_and_the_sensor_collects_it(
     coverage = {e.check_name: e for e in big.get_asset_check_evaluations()}[COVERAGE_CHECK]
     assert coverage.metadata["in_batches"].value == 12
     assert small.success and fake_openai.batch.stats.batches_created == 1
+    scrape = generate_latest(
+        metrics.build_registry(tmp_path, engine, lambda: {"state": "closed"})
+    ).decode()
+    assert "helix_embedding_batches_in_flight 1.0" in scrape
+    assert "helix_embedding_batch_pairs_waiting 12.0" in scrape
+    assert "helix_embedding_batch_oldest_age_seconds" in scrape
 
     assert isinstance(tick(instance, res), SkipReason)  # in progress
     calls = fake_openai.batch.stats.calls
