@@ -39,6 +39,7 @@ from helix_pipelines.embedding.base import EmbeddingError, embedding_text
 from helix_pipelines.embedding.openai_batch import (
     MAX_FILE_BYTES,
     MAX_REQUESTS,
+    BatchApiError,
     BatchClient,
     LineResult,
     RemoteBatch,
@@ -209,7 +210,12 @@ def _advance(engine, client: BatchClient, options: BatchOptions, batch_id, on_st
         else:  # the create may have reached the server: adopt it rather than pay twice
             remote = client.find_batch(str(batch_id))
         if remote is None:
-            remote = client.create(file_id, str(batch_id))
+            try:
+                remote = client.create(file_id, str(batch_id))
+            except BatchApiError as exc:  # refused outright: collected as a failed batch
+                batches.update(engine, batch_id, state="failed", errors=[{"message": str(exc)}],
+                               finished_at=datetime.now(UTC))  # fmt: skip
+                return True
             note("created", batch_id)  # on the server, not yet recorded: found by metadata
         record_remote(engine, batch_id, remote, submitted=True)
         return True

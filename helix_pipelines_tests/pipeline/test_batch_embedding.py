@@ -191,6 +191,20 @@ def test_failed_batch_counts_an_attempt_with_the_reason(engine, server, client, 
     assert all("Simulated validation failure" in p.error for p in pairs)
 
 
+def test_a_refused_create_is_collected_as_a_failed_batch(engine, server, client, clock):
+    job_id, _ = insert_job(engine, sample_pairs(4))
+    server.batch.script("refuse")
+    opts = options()
+    flow.submit_batches(engine, client, opts, job_id=job_id)
+
+    (collected,) = flow.run_cycle(engine, client, opts).collected
+
+    assert collected.state == "failed" and server.batch.stats.batches_created == 0
+    pairs = stored_pairs(engine, job_id)
+    assert {(p.status, p.attempts) for p in pairs} == {("pending", 1)}
+    assert all("Simulated refusal" in p.error for p in pairs)
+
+
 def test_operator_cancel_returns_the_pairs(engine, server, client, clock):
     job_id, _ = insert_job(engine, sample_pairs(10))
     opts = options()

@@ -6,7 +6,8 @@ answered all at once from its input file: vectors are FakeOpenAI.vector_for(text
 come back shuffled, inputs containing the poison substring get a 400 in the error file and
 inputs containing the `transient` substring a 500. Scripted outcomes for the next batches:
 "expire:<fraction>" (that share of the requests done, the rest `batch_expired`), "fail"
-(validation fails, no output). `stats.batches_created` proves nothing was paid twice.
+(validation fails, no output), "refuse" (the create call itself answers 400).
+`stats.batches_created` proves nothing was paid twice.
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ class BatchService:
             return _json(400, _error("input_file_id must name a file uploaded for batch"))
         if request.get("endpoint") != "/v1/embeddings" or request.get("completion_window") != "24h":
             return _json(400, _error("unsupported endpoint or completion_window"))
+        if self._script and self._script[0] == "refuse":  # the create itself answers 400
+            self._script.popleft()
+            return _json(400, _error("Simulated refusal: the batch was not created."))
         batch = _Batch(self._id("batch"), file.id, dict(request.get("metadata") or {}), now,
                        script=self._script.popleft() if self._script else "ok")  # fmt: skip
         batch.counts["total"] = sum(1 for line in file.content.splitlines() if line.strip())
