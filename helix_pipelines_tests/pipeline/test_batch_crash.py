@@ -4,6 +4,7 @@ every pair embedded exactly once, no batch created (paid) twice, no file uploade
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -81,3 +82,29 @@ def test_kill_at_each_step_then_recover(
     assert fake_openai.batch.stats.files_uploaded == 1
     (row,) = batches.list_batches(engine)
     assert row.state == "collected" and row.request_count == PAIRS
+
+
+def test_cli_submits_lists_cancels_and_collects(engine, settings, fake_openai, monkeypatch, capsys):
+    fake_openai.batch.delay_s = 1e9
+    job_id, _ = insert_job(engine, sample_pairs(7))
+    recover_through_cli(settings, fake_openai, monkeypatch, capsys)  # nothing to do yet
+    capsys.readouterr()
+
+    assert cli.main(["batches", "--submit", "--json"]) == 0
+    submitted = json.loads(capsys.readouterr().out)
+    (listed,) = submitted["batches"]
+    assert submitted["pairs"] == 7 and submitted["estimated_cost_usd"] > 0
+    assert (listed["state"], listed["pairs"], listed["id"]) == (
+        "validating", 7, submitted["submitted"][0],
+    )  # fmt: skip
+    assert cli.main(["batches"]) == 0
+    assert "validating" in capsys.readouterr().out
+
+    assert cli.main(["batches", "--cancel", listed["id"][:8], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cancelled"] == [listed["id"]]
+    assert cli.main(["batches", "--collect", "--json"]) == 0
+    collected = json.loads(capsys.readouterr().out)
+    assert collected["collected"] == [listed["id"]] and collected["batches"] == []
+    assert cli.main(["batches", "--all", "--json"]) == 0
+    assert [b["state"] for b in json.loads(capsys.readouterr().out)["batches"]] == ["collected"]
+    assert {p.status for p in stored_pairs(engine, job_id)} == {"pending"}
