@@ -109,6 +109,8 @@ def collect_embedding_batches_op(
         "embedded": sum(c.embedded for c in collected),
         "failed_now": sum(c.failed for c in collected),
         "returned_to_pending": sum(c.returned + c.retried for c in collected),
+        "tokens": sum(c.tokens for c in collected),
+        "estimated_cost_usd": round(sum(c.cost_usd for c in collected), 6),  # batch prices
     }
     touched = report_touched(
         context.log_event, engine, before, embedding.check_limits(), setup.blocked(engine),

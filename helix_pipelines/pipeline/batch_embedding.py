@@ -92,8 +92,14 @@ class CollectReport:
     failed: int = 0
     retried: int = 0
     returned: int = 0
+    tokens: int = 0  # billed, from the results' usage
+    usd_per_million_tokens: float = 0.0
     skipped: bool = False  # collected before, or another process holds it
     job_ids: set[uuid.UUID] = field(default_factory=set)
+
+    @property
+    def cost_usd(self) -> float:
+        return self.tokens * self.usd_per_million_tokens / 1_000_000
 
 
 def text_hash(question: str, answer: str) -> str:
@@ -284,7 +290,7 @@ def collect_batch(
     on_step: StepHook | None = None,
 ) -> CollectReport:
     """Store a finished batch's results and return its unfinished pairs; idempotent."""
-    report = CollectReport(batch_id)
+    report = CollectReport(batch_id, usd_per_million_tokens=options.usd_per_million_tokens)
     note = on_step or (lambda step, batch: None)
     with batches.batch_lock(engine, batch_id) as mine:
         row = batches.get(engine, batch_id)
@@ -308,6 +314,7 @@ def collect_batch(
     report.failed = len(outcome.failed) + parked
     report.retried = len(outcome.retry_later)
     report.returned = len(returned)
+    report.tokens = sum(_usage(r) for r in results.values() if r.ok)
     return report
 
 
@@ -359,6 +366,12 @@ def _verdict(row: BatchRow, pair, result: LineResult | None, batch_error, outcom
         return "failed"
     outcome.retry_later[pair.id] = result.error or f"HTTP {result.status_code}"
     return "retry"
+
+
+def _usage(result: LineResult) -> int:
+    usage = result.body.get("usage") if isinstance(result.body, dict) else None
+    tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
+    return tokens if type(tokens) is int and tokens >= 0 else 0
 
 
 def _batch_error(row: BatchRow) -> str:

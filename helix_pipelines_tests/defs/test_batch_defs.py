@@ -111,7 +111,9 @@ def test_auto_sends_a_backlog_to_batches_and_the_sensor_collects_it(
     assert [p.status for p in pairs] == ["completed"] * 12 and mismatched_vectors(pairs, DIM) == []
     reported = instance.get_latest_materialization_event(qa_embeddings.key)
     assert reported.asset_materialization.partition == backlog_key
-    assert reported.asset_materialization.metadata["completed"].value == 12
+    reported_metadata = reported.asset_materialization.metadata
+    assert reported_metadata["completed"].value == 12
+    assert reported_metadata["run_estimated_cost_usd"].value > 0
     assert isinstance(tick(instance, res), SkipReason)
 
 
