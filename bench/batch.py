@@ -36,6 +36,7 @@ from helix_pipelines.db.engine import create_app_engine, ensure_database
 from helix_pipelines.db.state_store import PostgresStateStore
 from helix_pipelines.embedding.openai_batch import BatchClient
 from helix_pipelines.embedding.openai_provider import OpenAIProvider
+from helix_pipelines.pipeline import batch_collection as collection
 from helix_pipelines.pipeline import batch_embedding as flow
 from helix_pipelines.pipeline.embedding import EmbedOptions, embed_pending
 from helix_pipelines_tests.support.fake_openai import running_fake_openai
@@ -99,7 +100,7 @@ def run_batch(engine, fake, clock: ManualClock, dim: int, delay_s: float) -> dic
     calls = fake.batch.stats.calls
     started, waited = time.perf_counter(), 0.0
     submitted = flow.submit_batches(engine, client, options)
-    while flow.run_cycle(engine, client, options).collected == [] or _left(engine):
+    while collection.run_cycle(engine, client, options).collected == [] or _left(engine):
         clock.now += POLL_S  # the poll interval passes on the server's clock, not ours
         waited += POLL_S
     elapsed = time.perf_counter() - started

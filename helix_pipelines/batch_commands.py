@@ -53,6 +53,7 @@ def _act(settings: Settings, engine, args) -> dict:
     from helix_pipelines.cli import CliError
     from helix_pipelines.core.embed_mode import BatchModeUnavailable
     from helix_pipelines.db import embedding_batches as batches
+    from helix_pipelines.pipeline import batch_collection as collection
     from helix_pipelines.pipeline import batch_embedding as flow
     from helix_pipelines.pipeline.embedding_setup import setup_from_settings
 
@@ -68,7 +69,7 @@ def _act(settings: Settings, engine, args) -> dict:
             return {"submitted": [str(b) for b in report.batches], "pairs": report.pairs,
                     "estimated_cost_usd": round(report.estimated_cost_usd, 6)}  # fmt: skip
         if args.collect:
-            cycle = flow.run_cycle(engine, client, options)
+            cycle = collection.run_cycle(engine, client, options)
             return {
                 "resumed": [str(b) for b in cycle.resumed],
                 "collected": [str(c.batch_id) for c in cycle.collected if not c.skipped],

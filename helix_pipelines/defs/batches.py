@@ -24,6 +24,7 @@ from helix_pipelines.db import jobs
 from helix_pipelines.defs.partitions import import_files
 from helix_pipelines.defs.reporting import fingerprints, metadata_values, report_touched
 from helix_pipelines.defs.resources import DatabaseResource, EmbeddingResource
+from helix_pipelines.pipeline import batch_collection as collection
 from helix_pipelines.pipeline import batch_embedding as flow
 
 IN_FLIGHT = [
@@ -99,7 +100,7 @@ def collect_embedding_batches_op(
     before = fingerprints(engine)
     client = _client(embedding)
     try:
-        cycle = flow.run_cycle(engine, client, setup.batch_options())
+        cycle = collection.run_cycle(engine, client, setup.batch_options())
     finally:
         client.close()
     collected = [c for c in cycle.collected if not c.skipped]
@@ -185,7 +186,7 @@ def embedding_batches_sensor(
     engine = database.get_engine()
     client = setup.batch_client()
     try:
-        finished = flow.poll_batches(engine, client, min_interval_s=setup.batch_poll_s)
+        finished = collection.poll_batches(engine, client, min_interval_s=setup.batch_poll_s)
     finally:
         client.close()
     abandoned = flow.abandoned(engine)

@@ -12,6 +12,7 @@ from helix_pipelines.db import embedding_batches as batches
 from helix_pipelines.db import embeddings as store
 from helix_pipelines.embedding.base import embedding_text
 from helix_pipelines.embedding.openai_batch import BatchClient
+from helix_pipelines.pipeline import batch_collection as collection
 from helix_pipelines.pipeline import batch_embedding as flow
 from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM, truncate_all
 from helix_pipelines_tests.support.embed_driver import (
@@ -86,9 +87,9 @@ def options(**overrides) -> flow.BatchOptions:
     return flow.BatchOptions(model=MODEL, dim=DIM, **overrides)
 
 
-def settle_all(engine, client, clock, opts) -> flow.CycleReport:
+def settle_all(engine, client, clock, opts) -> collection.CycleReport:
     clock.now += 7200
-    return flow.run_cycle(engine, client, opts)
+    return collection.run_cycle(engine, client, opts)
 
 
 @pytest.mark.timeout(240)
@@ -105,7 +106,7 @@ def test_twenty_thousand_pairs_through_batches(engine, no_vector_index, server, 
         assert store.claim_pending(conn, None, 10) == []
     assert report.estimated_cost_usd == pytest.approx(report.token_estimate * 0.01 / 1e6)
 
-    assert flow.run_cycle(engine, client, opts).collected == []  # still in progress
+    assert collection.run_cycle(engine, client, opts).collected == []  # still in progress
     assert {b.state for b in batches.list_batches(engine)} == {"in_progress"}
 
     cycle = settle_all(engine, client, clock, opts)
@@ -147,7 +148,7 @@ def test_error_file_invalid_alone_transient_retried_changed_text_returned(
     assert changed.status == "pending" and changed.vector is None and changed.attempts == 0
     assert mismatched_vectors(by_question.values(), DIM) == []
 
-    again = flow.collect_batch(engine, client, collected.batch_id, opts)  # idempotent
+    again = collection.collect_batch(engine, client, collected.batch_id, opts)  # idempotent
     assert again.skipped and status_counts(engine, job_id) == {
         "completed": 5, "failed": 1, "pending": 2,
     }  # fmt: skip
@@ -183,7 +184,7 @@ def test_failed_batch_counts_an_attempt_with_the_reason(engine, server, client, 
     opts = options()
     flow.submit_batches(engine, client, opts, job_id=job_id)
 
-    (collected,) = flow.run_cycle(engine, client, opts).collected
+    (collected,) = collection.run_cycle(engine, client, opts).collected
 
     assert collected.state == "failed" and collected.retried == 5
     pairs = stored_pairs(engine, job_id)
@@ -197,7 +198,7 @@ def test_a_refused_create_is_collected_as_a_failed_batch(engine, server, client,
     opts = options()
     flow.submit_batches(engine, client, opts, job_id=job_id)
 
-    (collected,) = flow.run_cycle(engine, client, opts).collected
+    (collected,) = collection.run_cycle(engine, client, opts).collected
 
     assert collected.state == "failed" and server.batch.stats.batches_created == 0
     pairs = stored_pairs(engine, job_id)
@@ -211,7 +212,7 @@ def test_operator_cancel_returns_the_pairs(engine, server, client, clock):
     report = flow.submit_batches(engine, client, opts, job_id=job_id)
 
     assert flow.cancel_batches(engine, client) == report.batches
-    (collected,) = flow.run_cycle(engine, client, opts).collected
+    (collected,) = collection.run_cycle(engine, client, opts).collected
 
     assert collected.state == "cancelled" and collected.returned == 10
     assert server.batch.stats.batches_cancelled == 1

@@ -15,6 +15,7 @@ import threading
 
 from helix_pipelines.db.engine import create_app_engine, with_driver
 from helix_pipelines.embedding.openai_batch import BatchClient
+from helix_pipelines.pipeline import batch_collection as collection
 from helix_pipelines.pipeline import batch_embedding as flow
 from helix_pipelines_tests.support.embed_driver import MODEL
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.action == "submit":
         flow.submit_batches(engine, client, options, on_step=stop_here)
     else:
-        flow.run_cycle(engine, client, options, on_step=stop_here)
+        collection.run_cycle(engine, client, options, on_step=stop_here)
     print("DONE", flush=True)
 
 
