@@ -75,6 +75,10 @@ def register(verbs, *, add_json_flag) -> None:
     add_json_flag(search)
     search.set_defaults(handler=cmd_search)
 
+    from helix_pipelines import batch_commands
+
+    batch_commands.register(verbs, add_json_flag=add_json_flag)
+
     metrics = verbs.add_parser("metrics", help="serve Prometheus metrics")
     metrics.add_argument("--port", type=int, default=9464)
     metrics.add_argument("--host", default="0.0.0.0")

@@ -6,6 +6,12 @@ from dataclasses import asdict
 from dagster import Definitions, EnvVar, in_process_executor
 
 from helix_pipelines.defs.assets import qa_embeddings, qa_pairs
+from helix_pipelines.defs.batches import (
+    cancel_embedding_batches,
+    collect_embedding_batches,
+    embedding_batches_sensor,
+    submit_embedding_batches,
+)
 from helix_pipelines.defs.jobs import embed_job, import_job
 from helix_pipelines.defs.ops import embed_pending_job, recover_stale_imports, rollback_import
 from helix_pipelines.defs.resources import (
@@ -33,12 +39,22 @@ warnings.filterwarnings(
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
         assets=[qa_pairs, qa_embeddings],
-        jobs=[import_job, embed_job, recover_stale_imports, embed_pending_job, rollback_import],
+        jobs=[
+            import_job,
+            embed_job,
+            recover_stale_imports,
+            embed_pending_job,
+            rollback_import,
+            submit_embedding_batches,
+            collect_embedding_batches,
+            cancel_embedding_batches,
+        ],  # fmt: skip
         sensors=[
             inbox_sensor,
             stale_imports_sensor,
             import_run_failure_sensor,
             pending_embeddings_sensor,
+            embedding_batches_sensor,
         ],
         resources=build_resources(settings),
         # Steps run in the run worker's own process: its heartbeat then vouches for the whole

@@ -106,6 +106,7 @@ class KnowledgeBaseCollector:
         self._stale_after_s = stale_after_s
 
     def collect(self):
+        from helix_pipelines.db.embedding_batches import summary as batch_summary
         from helix_pipelines.db.embeddings import count_parked
         from helix_pipelines.db.stats import (
             embedding_status_counts,
@@ -120,6 +121,7 @@ class KnowledgeBaseCollector:
             snapshot = self._breaker_snapshot()
             circuit = snapshot["state"]
             parked = count_parked(self._engine)
+            in_batches = batch_summary(self._engine)
         except Exception as exc:  # noqa: BLE001 - a scrape must answer even when the DB is down
             log.warning("metrics: the database is unavailable: %s", exc)
             up = GaugeMetricFamily("helix_database_up", "1 when the database answered.")
@@ -145,6 +147,19 @@ class KnowledgeBaseCollector:
         yield _gauge("helix_embeddings_parked",
                      "Failed pairs whose attempts ran out on transient errors; they return to "
                      "pending once the API is healthy again.", [([], parked)])  # fmt: skip
+        yield from _batch_gauges(in_batches)
+
+
+def _batch_gauges(summary):
+    yield _gauge("helix_embedding_batches_in_flight",
+                 "Batch API batches submitted (or being submitted) and not yet collected.",
+                 [([], summary.in_flight)])  # fmt: skip
+    yield _gauge("helix_embedding_batch_pairs_waiting",
+                 "Pairs waiting in Batch API batches for their vectors.",
+                 [([], summary.pairs_waiting)])  # fmt: skip
+    yield _gauge("helix_embedding_batch_oldest_age_seconds",
+                 "Age of the oldest batch not yet collected (0 when none).",
+                 [([], summary.oldest_age_s or 0.0)])  # fmt: skip
 
 
 def _blocked_gauge(blocked: dict | None):

@@ -56,6 +56,23 @@ class Settings(BaseSettings):
         description="how long pairs whose attempts ran out on transient errors wait before "
         "another round when the API shows no recovery",
     )
+    embed_mode: Literal["auto", "sync", "batch"] = Field(
+        "auto",
+        validation_alias="HELIX_EMBED_MODE",
+        description="sync: the embeddings endpoint; batch: the OpenAI Batch API (half price, "
+        "within 24 h); auto: a partition with more pending pairs than "
+        "HELIX_EMBED_BATCH_THRESHOLD goes to batches, fresh imports stay synchronous",
+    )
+    embed_batch_threshold: int = Field(10_000, ge=1, validation_alias="HELIX_EMBED_BATCH_THRESHOLD")
+    embed_batch_poll_s: float = Field(
+        60.0,
+        ge=0,
+        validation_alias="HELIX_EMBED_BATCH_POLL_S",
+        description="each live batch is asked about at most this often",
+    )
+    embed_batch_max_pairs: int = Field(
+        50_000, ge=1, le=50_000, validation_alias="HELIX_EMBED_BATCH_MAX_PAIRS"
+    )
     coverage_error_threshold: float = Field(
         0.99, ge=0, le=1, validation_alias="HELIX_COVERAGE_THRESHOLD"
     )

@@ -216,6 +216,8 @@ class Coverage:
     pending: int
     top_errors: list[tuple[str, int]]
     wrong_dimension: int
+    batched: int = 0  # in a live Batch API batch
+    oldest_batched_age_s: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -248,6 +250,15 @@ def coverage(engine: Engine, job_id: uuid.UUID, dim: int) -> Coverage:
             ),
             {"job": job_id, "dim": dim},
         )
+        oldest_batched_age_s = conn.scalar(
+            sa.text(
+                "SELECT extract(epoch FROM now() - min(b.created_at)) FROM embedding_batch_pair l "
+                "JOIN embedding_batch b ON b.id = l.batch_id JOIN qa_pair q ON q.id = l.qa_pair_id "
+                "WHERE q.import_job_id = :job AND q.embedding_status = 'batched' "
+                "AND l.outcome IS NULL"
+            ),
+            {"job": job_id},
+        )
     return Coverage(
         total=sum(counts.values()),
         completed=counts.get("completed", 0),
@@ -255,4 +266,6 @@ def coverage(engine: Engine, job_id: uuid.UUID, dim: int) -> Coverage:
         pending=counts.get("pending", 0),
         top_errors=[(r.reason, r.n) for r in top_errors],
         wrong_dimension=wrong_dimension,
+        batched=counts.get("batched", 0),
+        oldest_batched_age_s=float(oldest_batched_age_s) if oldest_batched_age_s else None,
     )

@@ -16,7 +16,7 @@ JOB_STATUSES = (
     "rolled_back",
 )
 FINISHED_JOB_STATUSES = ("completed", "completed_with_errors", "failed", "rolled_back")
-EMBEDDING_STATUSES = ("pending", "completed", "failed")
+EMBEDDING_STATUSES = ("pending", "batched", "completed", "failed")
 
 metadata = sa.MetaData()
 
@@ -135,4 +135,41 @@ qa_pair_change = sa.Table(
     sa.Column("qa_pair_id", sa.BigInteger, nullable=False),
     sa.Column("change", sa.Text, nullable=False),  # updated | retired | revived | handed
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Batches submitted to the OpenAI Batch API (pipeline.batch_embedding) and the pairs they carry.
+embedding_batch = sa.Table(
+    "embedding_batch",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("import_job_id", UUID(as_uuid=True)),
+    sa.Column("input_file_id", sa.Text),
+    sa.Column("remote_batch_id", sa.Text),
+    sa.Column("output_file_id", sa.Text),
+    sa.Column("error_file_id", sa.Text),
+    sa.Column("request_count", sa.Integer, nullable=False),
+    sa.Column("completed_count", sa.Integer, nullable=False),
+    sa.Column("failed_count", sa.Integer, nullable=False),
+    sa.Column("token_estimate", sa.BigInteger, nullable=False),
+    sa.Column("tokens_used", sa.BigInteger),
+    sa.Column("errors", JSONB),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("submitted_at", sa.DateTime(timezone=True)),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("collected_at", sa.DateTime(timezone=True)),
+    sa.Column("polled_at", sa.DateTime(timezone=True)),
+)
+
+embedding_batch_pair = sa.Table(
+    "embedding_batch_pair",
+    metadata,
+    sa.Column("batch_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("qa_pair_id", sa.BigInteger, primary_key=True),
+    sa.Column("text_hash", sa.Text, nullable=False),
+    sa.Column("truncated", sa.Boolean, nullable=False),
+    sa.Column("outcome", sa.Text),
 )

@@ -28,6 +28,7 @@ from pydantic import Field
 from helix_pipelines import metrics
 from helix_pipelines.core.errors import is_transient
 from helix_pipelines.db import jobs
+from helix_pipelines.db.embeddings import count_pending
 from helix_pipelines.defs.partitions import import_files
 from helix_pipelines.defs.progress import EmbedProgressLog, ImportProgressLog
 from helix_pipelines.defs.reporting import (
@@ -47,6 +48,7 @@ from helix_pipelines.defs.resources import (
 from helix_pipelines.defs.runs import TERMINAL, keep_alive
 from helix_pipelines.embedding.base import ProviderConfigError
 from helix_pipelines.pipeline import health
+from helix_pipelines.pipeline.batch_embedding import submit_batches
 from helix_pipelines.pipeline.health import (
     ACCOUNTING_CHECK,
     COVERAGE_CHECK,
@@ -285,6 +287,22 @@ def _note_error(engine, job_id, exc: BaseException) -> None:
         jobs.note_error(engine, job_id, f"{type(exc).__name__}: {exc}"[:2000])
 
 
+# Run tag choosing the embedding mode of a run (a backfill's tags reach each of its runs).
+EMBED_MODE_TAG = "helix/embed_mode"
+
+
+class EmbedRunConfig(Config):
+    """Launchpad option of an embedding run."""
+
+    mode: str | None = Field(
+        default=None,
+        description="sync: the embeddings endpoint now; batch: the OpenAI Batch API (half "
+        "price, within 24 h; the embedding-batches sensor collects); auto: batch for a "
+        f"backlog above HELIX_EMBED_BATCH_THRESHOLD. Unset: the {EMBED_MODE_TAG} run tag, "
+        "else HELIX_EMBED_MODE.",
+    )
+
+
 EMBED_RETRY = RetryPolicy(
     max_retries=3, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
@@ -348,6 +366,7 @@ def _embedding_check(name: str, description: str) -> AssetCheckSpec:
 )
 def qa_embeddings(
     context: AssetExecutionContext,
+    config: EmbedRunConfig,
     database: DatabaseResource,
     embedding: EmbeddingResource,
     import_settings: ImportSettingsResource,
@@ -363,6 +382,14 @@ def qa_embeddings(
                 raise terminal_failure(f"import {key} {_rolled_back_verb(job)} rolled back")
             context.log.warning(f"import {key} {_rolled_back_verb(job)} rolled back: skipped")
             _record(context, engine, job, embedding, single=False, run={"skipped": True})
+            continue
+        override = config.mode or context.run.tags.get(EMBED_MODE_TAG)
+        if _mode(embedding, engine, job, override) == "batch":
+            result = _record(
+                context, engine, job, embedding, single, _submit(engine, job, embedding)
+            )
+            if single:
+                yield result
             continue
         try:
             with keep_alive(context, engine, import_settings, kind="embed", partition_key=key):
@@ -387,6 +414,31 @@ def qa_embeddings(
         yield MaterializeResult(asset_key=QA_EMBEDDINGS)
     if stopped:
         raise stopped_early(stopped, [k for k in keys if k not in stopped])
+
+
+def _mode(embedding: EmbeddingResource, engine, job: jobs.Job, override: str | None) -> str:
+    try:
+        return embedding.setup().mode_for(count_pending(engine, job.id), override)
+    except ValueError as exc:  # an unknown mode, or batch without a Batch API
+        raise terminal_failure(str(exc)) from exc
+
+
+def _submit(engine, job: jobs.Job, embedding: EmbeddingResource) -> dict:
+    """Batch mode: the partition's pending pairs go to the Batch API; what the run did."""
+    setup = embedding.setup()
+    client = setup.batch_client()
+    try:
+        report = submit_batches(engine, client, setup.batch_options(), job_id=job.id)
+    finally:
+        client.close()
+    return {
+        "embed_mode": "batch",
+        "batches_submitted": len(report.batches),
+        "pairs_batched": report.pairs,
+        "rejected_inputs": report.rejected,
+        "token_estimate": report.token_estimate,
+        "estimated_cost_usd": round(report.estimated_cost_usd, 6),
+    }
 
 
 def _rolled_back_verb(job: jobs.Job) -> str:

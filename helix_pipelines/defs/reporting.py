@@ -76,6 +76,7 @@ def embedding_state(
         "pairs": cov.total,
         "completed": cov.completed,
         "pending": cov.pending,
+        "in_batches": cov.batched,
         "failed": cov.failed,
         "coverage": round(cov.ratio, 6),
     }

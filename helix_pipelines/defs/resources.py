@@ -5,6 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from dagster import ConfigurableResource
+from pydantic import Field
 from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.parsing import ParseOptions
@@ -99,6 +100,12 @@ class EmbeddingResource(ConfigurableResource):
     send_dimensions: bool = True
     blocked_retry_s: float = 3600.0
     parked_retry_s: float = 900.0
+    mode: str = Field("auto", description="auto | sync | batch (HELIX_EMBED_MODE)")
+    batch_threshold: int = Field(
+        10_000, description="auto mode: more pending pairs than this in a partition go to batches"
+    )
+    batch_poll_s: float = Field(60.0, description="each live batch is polled at most this often")
+    batch_max_pairs: int = Field(50_000, description="pairs (requests) per Batch API batch")
 
     def check_limits(self) -> CheckLimits:
         return CheckLimits(

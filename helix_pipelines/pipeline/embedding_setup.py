@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.circuit_breaker import CircuitBreaker
+from helix_pipelines.core.embed_mode import BatchModeUnavailable, choose_mode
 from helix_pipelines.core.rate_limit import NoLimit, RateLimiter, RateLimits
 from helix_pipelines.db.state_store import PostgresStateStore
 from helix_pipelines.embedding import build_provider
 from helix_pipelines.embedding.base import EmbeddingProvider, ProviderConfigError
 from helix_pipelines.embedding.local_provider import LOCAL_MODEL
+from helix_pipelines.embedding.openai_batch import BatchClient
+from helix_pipelines.pipeline.batch_embedding import BatchOptions
 from helix_pipelines.pipeline.embedding import (
     EmbedOptions,
     EmbedReport,
@@ -45,6 +48,10 @@ class EmbeddingSetup:
     send_dimensions: bool = True
     blocked_retry_s: float = 3600.0
     parked_retry_s: float = 900.0
+    mode: str = "auto"  # auto | sync | batch (HELIX_EMBED_MODE)
+    batch_threshold: int = 10_000
+    batch_poll_s: float = 60.0
+    batch_max_pairs: int = 50_000
 
     def __repr__(self) -> str:  # never show the key
         return f"EmbeddingSetup(provider={self.provider!r}, model={self.model!r}, dim={self.dim})"
@@ -118,6 +125,28 @@ class EmbeddingSetup:
             provider.close()
         return report, breaker.snapshot()["state"]
 
+    def mode_for(self, pending: int, override: str | None = None) -> str:
+        """sync or batch for a run with `pending` pairs (core.embed_mode decides)."""
+        return choose_mode(
+            override or self.mode, pending=pending, threshold=self.batch_threshold,
+            batch_capable=self.provider == "openai",
+        )  # fmt: skip
+
+    def batch_client(self) -> BatchClient:
+        if self.provider != "openai" or not self.api_key:
+            raise BatchModeUnavailable(
+                "batch mode needs the openai provider and OPENAI_API_KEY "
+                f"(the provider is {self.provider!r})"
+            )
+        return BatchClient(api_key=self.api_key, base_url=self.base_url)
+
+    def batch_options(self) -> BatchOptions:
+        return BatchOptions(
+            model=self.model, dim=self.dim, send_dimensions=self.send_dimensions,
+            max_pairs=self.batch_max_pairs, truncate=self.truncate,
+            max_attempts=self.max_attempts, poll_interval_s=self.batch_poll_s,
+        )  # fmt: skip
+
     def blocked(self, engine: Engine) -> dict | None:
         """{reason, message, retry_in_s} while a block holds embedding back, else None."""
         circuit = self.build_breaker(engine).snapshot()
@@ -151,4 +180,8 @@ def setup_from_settings(settings) -> EmbeddingSetup:
         send_dimensions=settings.embed_send_dimensions,
         blocked_retry_s=settings.embed_blocked_retry_s,
         parked_retry_s=settings.embed_parked_retry_s,
+        mode=settings.embed_mode,
+        batch_threshold=settings.embed_batch_threshold,
+        batch_poll_s=settings.embed_batch_poll_s,
+        batch_max_pairs=settings.embed_batch_max_pairs,
     )

@@ -83,17 +83,24 @@ def _coverage(cov: Coverage, limits: CheckLimits, blocked: dict | None) -> Check
     return CheckOutcome(
         COVERAGE_CHECK,
         passed=cov.ratio >= 1.0,
-        severity="error" if cov.ratio < limits.coverage_error_threshold else "warn",
+        # Pairs waiting in a live batch are on their way: alone they only WARN.
+        severity="error" if _ratio_with_batched(cov) < limits.coverage_error_threshold else "warn",
         metadata={
             "coverage": round(cov.ratio, 6),
             "total": cov.total,
             "completed": cov.completed,
             "pending": cov.pending,
+            "in_batches": cov.batched,
+            "oldest_batch_age_s": round(cov.oldest_batched_age_s or 0.0, 1),
             "failed": cov.failed,
             "commonest_failures": [{"reason": r, "pairs": n} for r, n in cov.top_errors],
             "embeddings_blocked": f"{blocked['reason']}: {blocked['message']}" if blocked else "",
         },
     )
+
+
+def _ratio_with_batched(cov: Coverage) -> float:
+    return (cov.completed + cov.batched) / cov.total if cov.total else 1.0
 
 
 def _dimensions(vectors: VectorHealth, limits: CheckLimits) -> CheckOutcome:

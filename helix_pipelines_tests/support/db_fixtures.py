@@ -18,6 +18,8 @@ from helix_pipelines.settings import Settings, load_settings
 TEST_EMBEDDING_DIM = 384
 TEST_DATABASE = "helix_test"
 APP_TABLES = (
+    "embedding_batch_pair",
+    "embedding_batch",
     "qa_pair",
     "import_row_error",
     "import_duplicate",

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from helix_pipelines_tests.support.fake_batches import BatchService
+
 API_KEY = "sk-test"
 DEFAULT_DIM = 1536
 WINDOW_S = 60.0
@@ -114,6 +116,8 @@ class FakeOpenAI:
         self._rng = random.Random(0)
         self._poison: str | None = None
         self._reject_dimensions = False
+        # Files and batches (the Batch API) share the server, its clock and its vectors.
+        self.batch = BatchService(self.vector_for, self.tokens_for, lambda: self.clock())
         self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -438,8 +442,25 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             # Headers and body go out in two writes; without this, delayed ACKs add ~40 ms.
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+        def do_GET(self) -> None:
+            self._batch_api("GET", b"")
+
+        def _batch_api(self, method: str, body: bytes) -> None:
+            if self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                status, payload, kind = 401, b'{"error": {"message": "bad key"}}', "json"
+            else:
+                status, payload, kind = server.batch.handle(method, self.path, self.headers, body)
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
+            if self.path.startswith(("/v1/files", "/v1/batches")):
+                self._batch_api("POST", self.rfile.read(length))
+                return
             reply = server._handle(self.path, self.headers, self.rfile.read(length))
             if reply.drop:
                 self.close_connection = True  # no status line: the client sees a dead socket
