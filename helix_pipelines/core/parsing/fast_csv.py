@@ -125,9 +125,7 @@ def _open_reader(source: DelimitedSource) -> pa.RecordBatchReader | None:
         names = [f"f{index}" for index in range(source.plan.width)]
         return pa_csv.open_csv(
             stream,
-            read_options=pa_csv.ReadOptions(
-                column_names=names, block_size=BLOCK_BYTES, use_threads=False
-            ),
+            read_options=pa_csv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
             parse_options=pa_csv.ParseOptions(
                 delimiter=source.delimiter,
                 quote_char='"',
