@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from helix_pipelines.core.parsing.csv_reader import DelimitedSource
 
 # A record must fit in one block; a bigger one makes pyarrow fail and the exact reader take over.
-BLOCK_BYTES = 4 * 1024**2
+# 1 MiB, not 4: with bigger blocks pyarrow's streaming reader holds more the longer the file is
+# (peak RSS of a parse 201 -> 361 MB from 10,000 to 300,000 rows at 4 MiB, 181 -> 238 MB at 1).
+BLOCK_BYTES = 1024**2
 FAST_ENCODINGS = ("utf-8", "utf-8-sig")
 _CONTROL_PATTERN = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"  # CONTROL_CHARS as an RE2 class
 # skipinitialspace: the csv module skips spaces before a quote and then reads a quoted field.
