@@ -166,7 +166,7 @@ def timed(parse, path: Path) -> tuple[int, float, float]:
 
 
 def peak_rss_mb(path: Path) -> float:
-    """Parse in a fresh interpreter; the child reports its own peak RSS (ru_maxrss, KiB)."""
+    """Parse in a fresh interpreter; the child reports its own peak RSS (KiB)."""
     result = subprocess.run(
         [sys.executable, __file__, "--child-rss", str(path)],
         check=True,
@@ -178,7 +178,13 @@ def peak_rss_mb(path: Path) -> float:
 
 
 def child_rss(path: Path) -> None:
+    """Prints the child's peak RSS in KiB: VmHWM, since ru_maxrss survives exec and would
+    report the size of the parent this child was forked from."""
     parse_with_helix(path)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            print(line.split()[1])
+            return
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
