@@ -84,6 +84,32 @@ class Settings(BaseSettings):
     # How often a running import or embedding step logs its progress to the run's event log.
     progress_log_s: float = Field(5.0, gt=0, validation_alias="HELIX_PROGRESS_LOG_S")
 
+    executor: Literal["in_process", "celery"] = Field(
+        "in_process",
+        validation_alias="HELIX_EXECUTOR",
+        description="where the assets' steps run: in the run's own process, or on dagster-celery "
+        "workers (deploy/celery)",
+    )
+    celery_broker_url: SecretStr | None = Field(None, validation_alias="HELIX_CELERY_BROKER_URL")
+    file_store: str | None = Field(
+        None,
+        validation_alias="HELIX_FILE_STORE",
+        description="where stored uploads live: a directory (default $HELIX_HOME/files), "
+        "`postgres`, or an fsspec URL",
+    )
+    file_retention_days: float | None = Field(
+        None,
+        gt=0,
+        validation_alias="HELIX_FILE_RETENTION_DAYS",
+        description="remove the stored copy of a finished import this many days after it "
+        "finished; unset: completed imports' files are kept",
+    )
+
+    @property
+    def file_store_spec(self) -> str:
+        """The store as a directory path, `postgres`, or an fsspec URL."""
+        return self.file_store or str(self.files_dir)
+
     @property
     def inbox_dir(self) -> Path:
         return self.inbox_dir_override or self.home / "inbox"
