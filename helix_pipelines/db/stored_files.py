@@ -126,5 +126,11 @@ def has_chunks(engine: Engine, location: str) -> bool:
 
 
 def delete_chunks(engine: Engine, location: str) -> None:
+    """Drop a file's bytes; its registry row stays, marked removed."""
     with engine.begin() as conn:
         conn.execute(sa.delete(stored_file_chunk).where(stored_file_chunk.c.location == location))
+        conn.execute(
+            sa.update(stored_file)
+            .where(stored_file.c.location == location)
+            .values(removed_at=sa.func.now())
+        )
