@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from helix_pipelines.db.engine import ensure_database
+from helix_pipelines.defs.runs import DEAD_RUN_TAG
 from helix_pipelines_tests.support.db_fixtures import clean_environment
 from helix_pipelines_tests.support.fake_openai import FakeOpenAI
 from helix_pipelines_tests.support.processes import free_port, try_graphql, wait_for
@@ -122,6 +123,8 @@ def stack(embedded_pg, tmp_path_factory):
             HELIX_RUN_START_GRACE_S="300",
             DAGSTER_HOME=str(dagster_home),
             DAGSTER_PG_URL=dagster_url,
+            # dagster-celery starts `celery` from the PATH.
+            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         )
         try:
             # Deployment steps before any process starts: both schemas, created once.
@@ -229,16 +232,24 @@ def test_kill_9_of_a_worker_mid_import_completes_without_an_operator(stack):
         for worker, process in stack.workers.items():
             tree = {p.pid for p in psutil.Process(process.pid).children(recursive=True)}
             if job.owner_pid in tree:
-                return worker
+                return worker, job.dagster_run_id
         return None
 
-    victim = wait_for(importing_on_a_worker, 120, "the import mid-way on a worker", 0.05)
+    victim, killed_run = wait_for(importing_on_a_worker, 120, "the import mid-way on a worker",
+                                  0.05)  # fmt: skip
     _kill_group(stack.workers[victim].pid, signal.SIGKILL)
     stack.workers[victim].wait(timeout=30)
 
     wait_for(lambda: _finished(stack, [name]), 180, "the import to finish after the kill")
     job = stack.job(name)
-    assert job.attempts >= 2  # a second run took it over from its checkpoint
+    # Recovery (the daemon's sensor) declared the run dead and a new run finished the work.
+    assert job.dagster_run_id != killed_run
+    with stack.dagster.connect() as conn:
+        dead = conn.execute(
+            sa.text("SELECT r.status FROM runs r JOIN run_tags t ON t.run_id = r.run_id "
+                    "WHERE r.run_id = :r AND t.key = :k"), {"r": killed_run, "k": DEAD_RUN_TAG},
+        ).scalar()  # fmt: skip
+    assert dead == "FAILURE"
     assert job.rows_total == rows
     assert (job.pairs_created, job.duplicates_skipped, job.row_errors) == (
         distinct, rows - distinct, 0)  # fmt: skip
