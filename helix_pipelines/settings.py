@@ -56,6 +56,14 @@ class Settings(BaseSettings):
         description="how long pairs whose attempts ran out on transient errors wait before "
         "another round when the API shows no recovery",
     )
+    embed_limit_window_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        validation_alias="HELIX_EMBED_LIMIT_WINDOW_S",
+        description="the window the API counts HELIX_EMBED_RPM/TPM over: 60 for OpenAI; "
+        "shorter only for a server that counts over a shorter one",
+    )
     coverage_error_threshold: float = Field(
         0.99, ge=0, le=1, validation_alias="HELIX_COVERAGE_THRESHOLD"
     )

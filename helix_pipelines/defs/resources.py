@@ -103,6 +103,7 @@ class EmbeddingResource(ConfigurableResource):
     send_dimensions: bool = True
     blocked_retry_s: float = 3600.0
     parked_retry_s: float = 900.0
+    limit_window_s: float = 60.0
 
     def check_limits(self) -> CheckLimits:
         return CheckLimits(

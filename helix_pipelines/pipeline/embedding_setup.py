@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.circuit_breaker import CircuitBreaker
-from helix_pipelines.core.rate_limit import NoLimit, RateLimiter, RateLimits
+from helix_pipelines.core.rate_limit import NoLimit, RateLimiter, RateLimits, Window
 from helix_pipelines.db.state_store import PostgresStateStore
 from helix_pipelines.embedding import build_provider
 from helix_pipelines.embedding.base import EmbeddingProvider, ProviderConfigError
@@ -45,6 +45,7 @@ class EmbeddingSetup:
     send_dimensions: bool = True
     blocked_retry_s: float = 3600.0
     parked_retry_s: float = 900.0
+    limit_window_s: float = 60.0  # the window the API counts RPM/TPM over
 
     def __repr__(self) -> str:  # never show the key
         return f"EmbeddingSetup(provider={self.provider!r}, model={self.model!r}, dim={self.dim})"
@@ -70,7 +71,10 @@ class EmbeddingSetup:
     def build_limiter(self, engine: Engine) -> RateLimiter | NoLimit:
         if self.provider == "local":
             return NoLimit()  # no API behind it: the deployment's API budget does not apply
-        return RateLimiter(RateLimits(self.rpm, self.tpm), PostgresStateStore(engine), LIMITER_NAME)
+        return RateLimiter(
+            RateLimits(self.rpm, self.tpm), PostgresStateStore(engine), LIMITER_NAME,
+            window=Window(window_s=self.limit_window_s, slot_s=min(1.0, self.limit_window_s)),
+        )  # fmt: skip
 
     def build_breaker(
         self, engine: Engine, clock: Callable[[], float] = time.time
@@ -151,4 +155,5 @@ def setup_from_settings(settings) -> EmbeddingSetup:
         send_dimensions=settings.embed_send_dimensions,
         blocked_retry_s=settings.embed_blocked_retry_s,
         parked_retry_s=settings.embed_parked_retry_s,
+        limit_window_s=settings.embed_limit_window_s,
     )
