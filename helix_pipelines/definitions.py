@@ -88,6 +88,7 @@ def build_resources(settings: Settings) -> dict:
             run_start_grace_s=settings.run_start_grace_s,
             max_attempts=settings.import_max_attempts,
             progress_log_s=settings.progress_log_s,
+            steps_elsewhere=settings.executor == "celery",
         ),
         "embedding": _embedding_resource(settings),
     }

@@ -51,6 +51,7 @@ class ImportSettingsResource(ConfigurableResource):
     batch_deadline_s: float = 60.0
     inbox_files_per_tick: int = 50
     progress_log_s: float = 5.0  # cadence of the progress lines in a running step's log
+    steps_elsewhere: bool = False  # steps run on Celery workers, not in the run worker
 
     def file_store_for(self, engine: Engine) -> FileStore:
         return open_store(self.file_store or self.files_dir, engine)

@@ -115,7 +115,10 @@ def stale_imports_sensor(
     import_settings: ImportSettingsResource,
 ) -> SensorResult:
     engine = database.get_engine()
-    report = recover_dead_runs(engine, context.instance, import_settings.recovery_policy())
+    report = recover_dead_runs(
+        engine, context.instance, import_settings.recovery_policy(),
+        steps_elsewhere=import_settings.steps_elsewhere,
+    )  # fmt: skip
     for run_id in report.dead_runs:
         context.log.warning(f"run {run_id} is dead (its process is gone): marked failed")
     for job in report.resumed:

@@ -187,6 +187,16 @@ def _workers_that_ran_steps(stack: Stack) -> set[str]:
     return {match for event in events for match in re.findall(r'"(w\d)@', event)}
 
 
+def _stopped_waiting(stack: Stack, run_id: str) -> bool:
+    with stack.dagster.connect() as conn:
+        return bool(
+            conn.scalar(
+                sa.text("SELECT count(*) FROM event_logs WHERE run_id = :r AND event LIKE :m"),
+                {"r": run_id, "m": "%received termination signal%"},
+            )
+        )
+
+
 def _counter_total(directories: list[Path], name: str) -> float:
     total = 0.0
     for directory in directories:
@@ -256,6 +266,8 @@ def test_kill_9_of_a_worker_mid_import_completes_without_an_operator(stack):
                     "WHERE r.run_id = :r AND t.key = :k"), {"r": killed_run, "k": DEAD_RUN_TAG},
         ).scalar()  # fmt: skip
     assert dead == "FAILURE"
+    # Its run worker, left waiting for the lost task, was told to stop, and did.
+    wait_for(lambda: _stopped_waiting(stack, killed_run), 60, "the dead run's worker to stop")
     assert job.rows_total == rows
     assert (job.pairs_created, job.duplicates_skipped, job.row_errors) == (
         distinct, rows - distinct, 0)  # fmt: skip

@@ -5,6 +5,7 @@ the Celery tests run on a fresh machine too."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -17,10 +18,14 @@ from helix_pipelines.db.embedded import EmbeddedPostgres
 from helix_pipelines.db.engine import ensure_database
 
 RABBITMQ = ("127.0.0.1", 5672)
+# Set to 1 to use only what the tests start themselves, as on a fresh machine.
+OWN_SERVICES = "HELIX_TESTS_OWN_SERVICES"
 MACHINE_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/{database}"
 
 
 def answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    if os.environ.get(OWN_SERVICES) == "1":
+        return False
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout):
         return True
     return False
