@@ -51,7 +51,8 @@ PROBE_SPACING_S = 120.0
     default_status=DefaultSensorStatus.RUNNING,
     description=(
         "Watches HELIX_INBOX_DIR. A file whose size and modification time held still between "
-        "two ticks is moved under $HELIX_HOME/files, registered as an import job and a "
+        "two ticks is kept in the upload store (HELIX_FILE_STORE: $HELIX_HOME/files, "
+        "PostgreSQL or an fsspec URL), registered as an import job and a "
         "partition of import_files, and its import requested. Files that cannot be taken move "
         "to inbox/rejected/ with a note of why."
     ),
