@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from helix_pipelines.db import jobs
-from helix_pipelines.pipeline.file_store import FileStore, LocalStore, keep
+from helix_pipelines.pipeline.file_store import FileStore, LocalStore, keep, store_holding
 from helix_pipelines.pipeline.inbox import display_name, open_regular, remove_taken, stage
 
 
@@ -43,8 +43,10 @@ def intake_file(
             options=options,
         )
         # Also when an earlier drop of this content was registered but never stored (a crash
-        # between the two): this copy serves it. `put` keeps a copy already there.
-        keep(store, engine, staged.path, job.source_path, staged.sha256)
+        # between the two): this copy serves it, in the store its location names (the setting
+        # may have changed since). `put` keeps a copy already there.
+        keep(store_holding(job.source_path, engine), engine, staged.path, job.source_path,
+             staged.sha256)  # fmt: skip
     finally:
         staged.path.unlink(missing_ok=True)
     if move:

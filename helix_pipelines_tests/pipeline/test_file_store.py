@@ -122,3 +122,20 @@ def test_rollback_and_retention_remove_copies_no_import_needs(engine, tmp_path):
         )
     assert remove_unneeded(engine, retention_days=1) == [second.source_path]
     assert not store.exists(second.source_path)
+
+
+def test_a_drop_for_a_job_whose_copy_was_lost_restores_it_where_the_job_names(engine, tmp_path):
+    first = tmp_path / "first" / "faq.csv"
+    first.parent.mkdir()
+    first.write_text(CSV)
+    job, _ = intake_file(engine, first, files_dir=tmp_path / "files", max_file_bytes=10**6,
+                         move=False)  # fmt: skip
+    Path(job.source_path).unlink()  # a crash between registering the job and storing its copy
+
+    # The same content again, after the deployment moved its store to PostgreSQL.
+    again, created = intake_file(engine, first, files_dir=tmp_path / "files",
+                                 max_file_bytes=10**6, move=False,
+                                 store=PostgresStore(engine))  # fmt: skip
+
+    assert (again.id, created) == (job.id, False)
+    assert Path(job.source_path).read_text() == CSV
