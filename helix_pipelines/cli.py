@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -85,11 +84,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _use_metrics_dir(settings: Settings) -> None:
-    """Counters from this process and the Dagster processes it starts add up in one place
-    (set before prometheus_client is first imported)."""
-    metrics_dir = settings.home / "metrics"
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    from helix_pipelines.runtime import use_metrics_dir
+
+    use_metrics_dir(settings)
 
 
 def _add_json_flag(parser: argparse.ArgumentParser) -> None:

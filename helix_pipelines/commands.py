@@ -120,6 +120,7 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _take(app, settings: Settings, path: Path, options: dict, source: str | None) -> jobs.Job:
+    from helix_pipelines.pipeline.file_store import open_store
     from helix_pipelines.pipeline.inbox import CannotTake
     from helix_pipelines.pipeline.intake import intake_file
 
@@ -133,6 +134,7 @@ def _take(app, settings: Settings, path: Path, options: dict, source: str | None
         move=False,
         options=options,
         source_key=source,
+        store=open_store(settings.file_store_spec, app.engine),
     )
     if not created and jobs.sync_refused(job):
         # The same file again: a version that waited for confirmation tries its swap again.
@@ -434,6 +436,13 @@ def cmd_recover(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(s["status"] in ("completed", "completed_with_errors") for s in resumed) else 1
 
 
+def release_stored_copy(engine, job: jobs.Job) -> None:
+    from helix_pipelines.pipeline.file_store import remove_unneeded
+
+    if job.status == "rolled_back" and job.source_path:
+        remove_unneeded(engine, locations=[job.source_path])
+
+
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
     from helix_pipelines import runtime
     from helix_pipelines.cli import CliError, print_json
@@ -444,6 +453,7 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
     except (jobs.JobNotFound, jobs.JobBusy) as exc:
         raise CliError(str(exc)) from exc
     job = result.job
+    release_stored_copy(app.engine, job)
     summary = {
         "import_job_id": str(job.id),
         "status": job.status,

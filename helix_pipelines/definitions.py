@@ -1,9 +1,22 @@
-"""The one composition root: reads the environment and wires the Dagster definitions."""
+"""The one composition root: reads the environment and wires the Dagster definitions.
+
+Every process that runs steps loads this module (the code server, the run workers it launches,
+dagster-celery workers), so it is where such a process learns where its Prometheus counters go:
+before the metrics module, hence prometheus_client, is first imported.
+"""
+
+# ruff: noqa: E402 - the metrics directory must be set before the imports below load
+# prometheus_client.
+from helix_pipelines.runtime import use_metrics_dir
+from helix_pipelines.settings import Settings, load_settings
+
+_SETTINGS = load_settings()
+use_metrics_dir(_SETTINGS)
 
 import warnings
 from dataclasses import asdict
 
-from dagster import Definitions, EnvVar, in_process_executor
+from dagster import Definitions, EnvVar, ExecutorDefinition, in_process_executor
 
 from helix_pipelines.defs.assets import qa_embeddings, qa_pairs
 from helix_pipelines.defs.batches import (
@@ -24,9 +37,9 @@ from helix_pipelines.defs.sensors import (
     inbox_sensor,
     pending_embeddings_sensor,
     stale_imports_sensor,
+    stored_files_sensor,
 )
 from helix_pipelines.pipeline.embedding_setup import setup_from_settings
-from helix_pipelines.settings import Settings, load_settings
 
 # import_job runs one partition per run (the smaller of its assets' backfill policies, which is
 # what an import wants); qa_embeddings alone batches partitions in backfills. Dagster warns
@@ -55,12 +68,25 @@ def build_definitions(settings: Settings) -> Definitions:
             import_run_failure_sensor,
             pending_embeddings_sensor,
             embedding_batches_sensor,
+            stored_files_sensor,
         ],
         resources=build_resources(settings),
-        # Steps run in the run worker's own process: its heartbeat then vouches for the whole
-        # run, between steps and during step retries too (pipeline.recovery).
-        executor=in_process_executor,
+        executor=build_executor(settings),
     )
+
+
+def build_executor(settings: Settings) -> ExecutorDefinition:
+    """In the run's own process (the default), or on dagster-celery workers (HELIX_EXECUTOR=
+    celery, deploy/celery). Either way the heartbeat that recovery reads is kept by the process
+    that runs the step (db.liveness): with Celery, the worker's child, so a killed worker is
+    seen dead and its import resumed from the checkpoint in a new run."""
+    if settings.executor != "celery":
+        return in_process_executor
+    from dagster_celery import celery_executor
+
+    from helix_pipelines.celery_app import executor_config
+
+    return celery_executor.configured(executor_config(settings), name="celery")
 
 
 def build_resources(settings: Settings) -> dict:
@@ -69,6 +95,8 @@ def build_resources(settings: Settings) -> dict:
         "import_settings": ImportSettingsResource(
             inbox_dir=str(settings.inbox_dir),
             files_dir=str(settings.files_dir),
+            file_store=settings.file_store,
+            file_retention_days=settings.file_retention_days,
             max_question_chars=settings.max_question_chars,
             max_answer_chars=settings.max_answer_chars,
             max_file_bytes=settings.max_file_bytes,
@@ -77,6 +105,7 @@ def build_resources(settings: Settings) -> dict:
             max_attempts=settings.import_max_attempts,
             progress_log_s=settings.progress_log_s,
             sync_max_retire_share=settings.sync_max_retire_share,
+            steps_elsewhere=settings.executor == "celery",
         ),
         "embedding": _embedding_resource(settings),
     }
@@ -102,4 +131,4 @@ def _database_resource(settings: Settings) -> DatabaseResource:
     )
 
 
-defs = build_definitions(load_settings())
+defs = build_definitions(_SETTINGS)

@@ -32,6 +32,17 @@ def open_app(settings: Settings, *, migrate_schema: bool = False) -> App:
     return App(settings=settings, engine=engine, url=url)
 
 
+def use_metrics_dir(settings: Settings) -> None:
+    """Counters of this process and of the processes it starts add up in one directory per
+    host, which that host's `helix-pipelines metrics` reads. Must run before prometheus_client
+    is first imported; an operator's PROMETHEUS_MULTIPROC_DIR wins."""
+    import os
+
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(settings.home / "metrics")
+    os.makedirs(metrics_dir, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+
 def database_url_for_display(settings: Settings) -> str:
     return redact(resolve_database_url(_secret_url(settings), settings.home))
 

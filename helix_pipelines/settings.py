@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     embed_batch_max_pairs: int = Field(
         50_000, ge=1, le=50_000, validation_alias="HELIX_EMBED_BATCH_MAX_PAIRS"
     )
+    embed_limit_window_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        validation_alias="HELIX_EMBED_LIMIT_WINDOW_S",
+        description="the window the API counts HELIX_EMBED_RPM/TPM over: 60 for OpenAI; "
+        "shorter only for a server that counts over a shorter one",
+    )
     coverage_error_threshold: float = Field(
         0.99, ge=0, le=1, validation_alias="HELIX_COVERAGE_THRESHOLD"
     )
@@ -108,6 +116,32 @@ class Settings(BaseSettings):
     )
     # How often a running import or embedding step logs its progress to the run's event log.
     progress_log_s: float = Field(5.0, gt=0, validation_alias="HELIX_PROGRESS_LOG_S")
+
+    executor: Literal["in_process", "celery"] = Field(
+        "in_process",
+        validation_alias="HELIX_EXECUTOR",
+        description="where the assets' steps run: in the run's own process, or on dagster-celery "
+        "workers (deploy/celery)",
+    )
+    celery_broker_url: SecretStr | None = Field(None, validation_alias="HELIX_CELERY_BROKER_URL")
+    file_store: str | None = Field(
+        None,
+        validation_alias="HELIX_FILE_STORE",
+        description="where stored uploads live: a directory (default $HELIX_HOME/files), "
+        "`postgres`, or an fsspec URL",
+    )
+    file_retention_days: float | None = Field(
+        None,
+        gt=0,
+        validation_alias="HELIX_FILE_RETENTION_DAYS",
+        description="remove the stored copy of a finished import this many days after it "
+        "finished; unset: completed imports' files are kept",
+    )
+
+    @property
+    def file_store_spec(self) -> str:
+        """The store as a directory path, `postgres`, or an fsspec URL."""
+        return self.file_store or str(self.files_dir)
 
     @property
     def inbox_dir(self) -> Path:

@@ -173,3 +173,30 @@ embedding_batch_pair = sa.Table(
     sa.Column("truncated", sa.Boolean, nullable=False),
     sa.Column("outcome", sa.Text),
 )
+
+# Every stored copy of an upload, whatever the store (pipeline.file_store): retention and
+# rollback find here what can go. `removed_at` is set once the copy is deleted.
+stored_file = sa.Table(
+    "stored_file",
+    metadata,
+    sa.Column("location", sa.Text, primary_key=True),
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("stored_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("removed_at", sa.DateTime(timezone=True)),
+)
+
+# The bytes of uploads kept in the database (HELIX_FILE_STORE=postgres), in chunks written and
+# read one at a time, so no process ever holds a whole file.
+stored_file_chunk = sa.Table(
+    "stored_file_chunk",
+    metadata,
+    sa.Column(
+        "location",
+        sa.Text,
+        sa.ForeignKey("stored_file.location", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)

@@ -21,6 +21,7 @@ from helix_pipelines.defs.resources import (
 from helix_pipelines.defs.runs import keep_alive, recover_dead_runs
 from helix_pipelines.embedding.base import ProviderConfigError
 from helix_pipelines.pipeline.embedding import retry_failed
+from helix_pipelines.pipeline.file_store import remove_unneeded
 
 
 class RecoverConfig(Config):
@@ -161,6 +162,8 @@ def rollback_import_op(
         )
     except (jobs.JobNotFound, jobs.JobBusy) as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
+    if result.job.status == "rolled_back" and result.job.source_path:
+        remove_unneeded(engine, locations=[result.job.source_path])
     summary = {
         "pairs_deleted": result.pairs_deleted,
         "pairs_handed_over": result.pairs_handed_over,

@@ -12,6 +12,7 @@ from helix_pipelines.core.parsing import ParseOptions
 from helix_pipelines.db.engine import cached_engine, resolve_database_url
 from helix_pipelines.db.migrate import check_embedding_dim
 from helix_pipelines.pipeline.embedding_setup import EmbeddingSetup
+from helix_pipelines.pipeline.file_store import FileStore, open_store
 from helix_pipelines.pipeline.health import CheckLimits
 from helix_pipelines.pipeline.importing import ImportOptions
 from helix_pipelines.pipeline.recovery import RecoveryPolicy
@@ -39,7 +40,9 @@ class ImportSettingsResource(ConfigurableResource):
     """Where files arrive and are kept, and the limits an import works within."""
 
     inbox_dir: str
-    files_dir: str
+    files_dir: str  # staging on the host that takes a file; also the default store
+    file_store: str | None = None  # HELIX_FILE_STORE: a directory, `postgres`, or an fsspec URL
+    file_retention_days: float | None = None
     max_question_chars: int = 4000
     max_answer_chars: int = 32000
     max_file_bytes: int = 2 * 1024**3
@@ -50,6 +53,10 @@ class ImportSettingsResource(ConfigurableResource):
     inbox_files_per_tick: int = 50
     progress_log_s: float = 5.0  # cadence of the progress lines in a running step's log
     sync_max_retire_share: float = 0.5  # HELIX_SYNC_MAX_RETIRE_SHARE
+    steps_elsewhere: bool = False  # steps run on Celery workers, not in the run worker
+
+    def file_store_for(self, engine: Engine) -> FileStore:
+        return open_store(self.file_store or self.files_dir, engine)
 
     def recovery_policy(self, stale_after_s: float | None = None) -> RecoveryPolicy:
         return RecoveryPolicy(
@@ -106,6 +113,7 @@ class EmbeddingResource(ConfigurableResource):
     )
     batch_poll_s: float = Field(60.0, description="each live batch is polled at most this often")
     batch_max_pairs: int = Field(50_000, description="pairs (requests) per Batch API batch")
+    limit_window_s: float = 60.0
 
     def check_limits(self) -> CheckLimits:
         return CheckLimits(

@@ -1,11 +1,14 @@
 """Questions about Dagster runs that sensors and the CLI ask, and recovery's view of them."""
 
+import logging
 import time
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from helix_pipelines.db.liveness import Heartbeat
 from helix_pipelines.pipeline.recovery import RecoveryPolicy, RecoveryReport, RunInFlight, recover
+
+log = logging.getLogger(__name__)
 
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,
@@ -47,10 +50,15 @@ def partition_has_run_in_flight(instance: DagsterInstance, partition_key: str) -
 
 
 class DagsterRuns:
-    """pipeline.recovery.RunRegistry over a Dagster instance."""
+    """pipeline.recovery.RunRegistry over a Dagster instance.
 
-    def __init__(self, instance: DagsterInstance) -> None:
+    `steps_elsewhere`: steps run outside the run worker (Celery). A dead step's process is then
+    not the run's: its run worker still waits for the lost task, so it is asked to stop (the
+    launcher's terminate, through the code server) before the run is marked failed."""
+
+    def __init__(self, instance: DagsterInstance, *, steps_elsewhere: bool = False) -> None:
         self.instance = instance
+        self.steps_elsewhere = steps_elsewhere
 
     def runs_in_flight(self) -> list[RunInFlight]:
         now = time.time()
@@ -68,10 +76,20 @@ class DagsterRuns:
         if run is None or run.status not in RUNNING:
             return
         self.instance.add_run_tags(run_id, {DEAD_RUN_TAG: "true"})
+        if self.steps_elsewhere:
+            self._stop_run_worker(run_id)
         self.instance.report_run_failed(run, message)
 
+    def _stop_run_worker(self, run_id: str) -> None:
+        try:
+            self.instance.run_launcher.terminate(run_id)
+        except Exception as exc:  # noqa: BLE001 - best effort: the run is marked failed anyway
+            log.warning("could not stop the run worker of dead run %s: %s", run_id, exc)
 
-def recover_dead_runs(engine, instance: DagsterInstance, policy: RecoveryPolicy) -> RecoveryReport:
+
+def recover_dead_runs(
+    engine, instance: DagsterInstance, policy: RecoveryPolicy, *, steps_elsewhere: bool = False
+) -> RecoveryReport:
     """pipeline.recovery.recover, with this instance's runs: used by the sensor, the Launchpad
     job, the CLI and dev's start alike."""
-    return recover(engine, DagsterRuns(instance), policy)
+    return recover(engine, DagsterRuns(instance, steps_elsewhere=steps_elsewhere), policy)

@@ -34,6 +34,7 @@ from helix_pipelines.defs.runs import (
 )
 from helix_pipelines.pipeline.embedding import release_parked
 from helix_pipelines.pipeline.embedding_setup import EmbeddingSetup
+from helix_pipelines.pipeline.file_store import remove_unneeded
 from helix_pipelines.pipeline.health import CheckLimits
 from helix_pipelines.pipeline.inbox import CannotTake, Entry, display_name, look, reject
 from helix_pipelines.pipeline.intake import intake_file
@@ -50,7 +51,8 @@ PROBE_SPACING_S = 120.0
     default_status=DefaultSensorStatus.RUNNING,
     description=(
         "Watches HELIX_INBOX_DIR. A file whose size and modification time held still between "
-        "two ticks is moved under $HELIX_HOME/files, registered as an import job and a "
+        "two ticks is kept in the upload store (HELIX_FILE_STORE: $HELIX_HOME/files, "
+        "PostgreSQL or an fsspec URL), registered as an import job and a "
         "partition of import_files, and its import requested. Files that cannot be taken move "
         "to inbox/rejected/ with a note of why."
     ),
@@ -76,6 +78,7 @@ def inbox_sensor(
                 files_dir=Path(import_settings.files_dir),
                 max_file_bytes=import_settings.max_file_bytes,
                 move=True,
+                store=import_settings.file_store_for(engine),
             )
         except (CannotTake, OSError) as exc:
             _reject(context, inbox, entry, redact(exc))
@@ -113,7 +116,10 @@ def stale_imports_sensor(
     import_settings: ImportSettingsResource,
 ) -> SensorResult:
     engine = database.get_engine()
-    report = recover_dead_runs(engine, context.instance, import_settings.recovery_policy())
+    report = recover_dead_runs(
+        engine, context.instance, import_settings.recovery_policy(),
+        steps_elsewhere=import_settings.steps_elsewhere,
+    )  # fmt: skip
     for run_id in report.dead_runs:
         context.log.warning(f"run {run_id} is dead (its process is gone): marked failed")
     for job in report.resumed:
@@ -288,3 +294,23 @@ def _probe_request(context, idle: list[str], *, now: float):
         run_requests=[RunRequest(partition_key=idle[0])],
         cursor=json.dumps({"probe_requested_at": now}),
     )
+
+
+@sensor(
+    minimum_interval_seconds=600,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Upload store housekeeping: removes stored copies no import needs any more (those of "
+        "rolled-back imports, and with HELIX_FILE_RETENTION_DAYS set those of imports finished "
+        "longer ago). Unset retention keeps finished imports' files."
+    ),
+)
+def stored_files_sensor(
+    context: SensorEvaluationContext,
+    database: DatabaseResource,
+    import_settings: ImportSettingsResource,
+) -> SkipReason:
+    removed = remove_unneeded(database.get_engine(), import_settings.file_retention_days)
+    for location in removed:
+        context.log.info(f"removed the stored copy {location}: no import needs it")
+    return SkipReason(f"removed {len(removed)} stored copies")

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.circuit_breaker import CircuitBreaker
 from helix_pipelines.core.embed_mode import BatchModeUnavailable, choose_mode
-from helix_pipelines.core.rate_limit import NoLimit, RateLimiter, RateLimits
+from helix_pipelines.core.rate_limit import NoLimit, RateLimiter, RateLimits, Window
 from helix_pipelines.db.state_store import PostgresStateStore
 from helix_pipelines.embedding import build_provider
 from helix_pipelines.embedding.base import EmbeddingProvider, ProviderConfigError
@@ -52,6 +52,7 @@ class EmbeddingSetup:
     batch_threshold: int = 10_000
     batch_poll_s: float = 60.0
     batch_max_pairs: int = 50_000
+    limit_window_s: float = 60.0  # the window the API counts RPM/TPM over
 
     def __repr__(self) -> str:  # never show the key
         return f"EmbeddingSetup(provider={self.provider!r}, model={self.model!r}, dim={self.dim})"
@@ -77,7 +78,10 @@ class EmbeddingSetup:
     def build_limiter(self, engine: Engine) -> RateLimiter | NoLimit:
         if self.provider == "local":
             return NoLimit()  # no API behind it: the deployment's API budget does not apply
-        return RateLimiter(RateLimits(self.rpm, self.tpm), PostgresStateStore(engine), LIMITER_NAME)
+        return RateLimiter(
+            RateLimits(self.rpm, self.tpm), PostgresStateStore(engine), LIMITER_NAME,
+            window=Window(window_s=self.limit_window_s, slot_s=min(1.0, self.limit_window_s)),
+        )  # fmt: skip
 
     def build_breaker(
         self, engine: Engine, clock: Callable[[], float] = time.time
@@ -184,4 +188,5 @@ def setup_from_settings(settings) -> EmbeddingSetup:
         batch_threshold=settings.embed_batch_threshold,
         batch_poll_s=settings.embed_batch_poll_s,
         batch_max_pairs=settings.embed_batch_max_pairs,
+        limit_window_s=settings.embed_limit_window_s,
     )

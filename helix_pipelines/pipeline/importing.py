@@ -29,6 +29,7 @@ from helix_pipelines.core.retry import RetryBudget, retrying
 from helix_pipelines.db import jobs
 from helix_pipelines.db.batches import Batch, BatchOutcome, commit_batch
 from helix_pipelines.db.liveness import Heartbeat
+from helix_pipelines.pipeline.file_store import readable_copy
 
 # The row error recorded where a file that broke part-way stopped being readable.
 FILE_DAMAGED = "file_damaged"
@@ -124,15 +125,22 @@ def import_file(
 
 
 def _import(engine, job, report, run_id, options, observers, hook, started) -> ImportReport:
+    # Wherever the copy is kept (pipeline.file_store): a local path, or a spooled local copy.
+    with readable_copy(engine, job.source_path) as local_path:
+        return _import_from(engine, job, report, run_id, options, observers, hook, started,
+                            local_path)  # fmt: skip
+
+
+def _import_from(engine, job, report, run_id, options, observers, hook, started, local_path):
     try:
-        source = open_source(job.source_path, options.parse, display_name=job.source_name)
+        source = open_source(local_path, options.parse, display_name=job.source_name)
     except FileUnreadable as exc:
         report.job = jobs.fail_job(engine, job.id, str(exc))
         return report
     with source:
         jobs.set_format(engine, job.id, source.summary.file_format, source.summary.as_dict())
         writer = _BatchWriter(engine, job.id, run_id, options, observers[0], hook)
-        writer.reading = FilePosition(job.source_path, observers[1], source.summary)
+        writer.reading = FilePosition(str(local_path), observers[1], source.summary)
         batches = _batches(
             source.chunks(start_after_row=job.last_source_row), writer.sizer, job.last_source_row
         )

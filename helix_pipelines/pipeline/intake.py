@@ -8,15 +8,8 @@ from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.sources import source_key_for
 from helix_pipelines.db import jobs
-from helix_pipelines.pipeline.inbox import (
-    copy_stored,
-    display_name,
-    open_regular,
-    place,
-    remove_taken,
-    stage,
-    storage_path,
-)
+from helix_pipelines.pipeline.file_store import FileStore, LocalStore, keep, store_holding
+from helix_pipelines.pipeline.inbox import display_name, open_regular, remove_taken, stage
 
 
 def intake_file(
@@ -28,6 +21,7 @@ def intake_file(
     move: bool,
     options: dict | None = None,
     source_key: str | None = None,
+    store: FileStore | None = None,
 ) -> tuple[jobs.Job, bool]:
     """Stage a copy (hashed while copied), register the job, then put the copy in place: a
     crash in between leaves the inbox file where it was and the next look finds the job (same
@@ -35,30 +29,31 @@ def intake_file(
     removes the taken file; otherwise (the CLI) the named file is copied and left alone.
 
     The import is a version of `source_key`, by default of the source its file name names
-    (core.sources.source_key_for).
+    (core.sources.source_key_for). The copy goes to `store` (HELIX_FILE_STORE; default: the
+    directory `files_dir`), staged first in `files_dir` on this host.
 
     Raises CannotTake for anything but a readable, non-empty regular file under the limit.
     """
+    store = store or LocalStore(files_dir)
     name = display_name(path.name)
     with open_regular(path, follow_symlinks=not move) as (fd, info):
         staged = stage(fd, info, files_dir, max_file_bytes)
     try:
-        destination = storage_path(files_dir, name, staged.sha256)
         job, created = jobs.register_job(
             engine,
             source_name=name,
-            source_path=str(destination),
+            source_path=store.location(name, staged.sha256),
             sha256=staged.sha256,
             options=options,
             source_key=source_key or source_key_for(name),
         )
-        place(staged, destination)
+        # Also when an earlier drop of this content was registered but never stored (a crash
+        # between the two): this copy serves it, in the store its location names (the setting
+        # may have changed since). `put` keeps a copy already there.
+        keep(store_holding(job.source_path, engine), engine, staged.path, job.source_path,
+             staged.sha256)  # fmt: skip
     finally:
         staged.path.unlink(missing_ok=True)
     if move:
         remove_taken(path, staged)
-    if not Path(job.source_path or "").exists():
-        # An earlier drop of this content was registered but never stored (a crash between
-        # the two): this copy serves it.
-        copy_stored(destination, Path(job.source_path))
     return job, created

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.liveness import Owner, owner_is_dead, this_process
 from helix_pipelines.db import jobs, liveness
+from helix_pipelines.pipeline.file_store import remove_unneeded
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ def recover(
             continue
         if job.status == "rolling_back":
             result = jobs.rollback_job(engine, job.id, stale_after_s=policy.stale_after_s)
+            if result.job.status == "rolled_back" and result.job.source_path:
+                remove_unneeded(engine, locations=[result.job.source_path])
             report.rollbacks_finished.append(result.job)
             continue
         released = jobs.return_to_pending(

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from helix_pipelines.db.embedded import EmbeddedPostgres
 from helix_pipelines.db.engine import ensure_database
@@ -78,6 +80,9 @@ def test_separate_processes_with_postgres_storage(tmp_path_factory):
         # The run (import and embedding) is recorded in Dagster's storage in PostgreSQL.
         dagster_engine = sa.create_engine(server.url("dagster"))
         wait_for(lambda: _successful_runs(dagster_engine), 180, "the run to succeed")
+        # The run's counters reach this host's metrics directory, which `helix-pipelines
+        # metrics` serves: the code server (and the runs it launches) set it up themselves.
+        assert _counter(home / "metrics", "helix_import_batches_total") > 0
         app_engine.dispose()
         dagster_engine.dispose()
     finally:
@@ -89,6 +94,12 @@ def test_separate_processes_with_postgres_storage(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
         server.stop()
+
+
+def _counter(directory: Path, name: str) -> float:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return sum(s.value for f in registry.collect() for s in f.samples if s.name == name)
 
 
 def _successful_runs(engine) -> int:

@@ -27,12 +27,14 @@ APP_TABLES = (
     "import_job",
     "pipeline_state",
     "run_heartbeat",
+    "stored_file",
 )
 # Variables that must not leak from the developer's shell into the tests.
 ISOLATED_VARIABLES = (
     "HELIX_HOME", "HELIX_DATABASE_URL", "HELIX_INBOX_DIR", "HELIX_EMBEDDING_PROVIDER",
     "HELIX_EMBEDDING_MODEL", "HELIX_EMBEDDING_DIM", "OPENAI_API_KEY", "OPENAI_BASE_URL",
-    "DAGSTER_HOME",
+    "DAGSTER_HOME", "PROMETHEUS_MULTIPROC_DIR", "HELIX_FILE_STORE", "HELIX_EXECUTOR",
+    "HELIX_CELERY_BROKER_URL",
 )  # fmt: skip
 
 

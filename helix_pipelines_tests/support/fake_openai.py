@@ -100,11 +100,13 @@ class FakeOpenAI:
         tpm: int | None = None,
         hang_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        window_s: float = WINDOW_S,
     ) -> None:
         self.api_key = api_key
         self.default_dim = default_dim
         self.hang_s = hang_s
         self.clock = clock
+        self.window_s = window_s
         self.stats = Stats()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -285,7 +287,7 @@ class FakeOpenAI:
         """Sliding-window RPM/TPM; a refused request is a violation and uses no budget."""
         with self._lock:
             now = self.clock()
-            while self._window and self._window[0][0] <= now - WINDOW_S:
+            while self._window and self._window[0][0] <= now - self.window_s:
                 self._window.popleft()
             used_tokens = sum(t for _, t in self._window)
             over_rpm = self._rpm is not None and len(self._window) + 1 > self._rpm
@@ -294,7 +296,7 @@ class FakeOpenAI:
                 self._window.append((now, tokens))
                 return None
             self.stats.violations += 1
-            wait = self._window[0][0] + WINDOW_S - now if self._window else WINDOW_S
+            wait = self._window[0][0] + self.window_s - now if self._window else self.window_s
         which = "requests" if over_rpm else "tokens"
         reply = _error(429, f"Rate limit reached for {which} per min (simulated).", which)
         reply.outcome = "rate_limited"
@@ -307,7 +309,7 @@ class FakeOpenAI:
             rpm, tpm = self._rpm or 3_000, self._tpm or 1_000_000
             used_requests = len(self._window)
             used_tokens = sum(t for _, t in self._window)
-            reset = self._window[0][0] + WINDOW_S - self.clock() if self._window else 0.0
+            reset = self._window[0][0] + self.window_s - self.clock() if self._window else 0.0
         return {
             "x-ratelimit-limit-requests": str(rpm),
             "x-ratelimit-limit-tokens": str(tpm),

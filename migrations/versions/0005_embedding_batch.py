@@ -8,7 +8,7 @@ not given the stale vector) and the outcome once collected. A pair inside a live
 `embedding_status = 'batched'`: no synchronous run claims it.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02
 """
 
