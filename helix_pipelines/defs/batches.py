@@ -2,6 +2,8 @@
 batches at a bounded rate and requests a collection when one has finished. Thin: the work is
 in pipeline.batch_embedding."""
 
+import warnings
+
 from dagster import (
     Config,
     DagsterRunStatus,
@@ -26,6 +28,10 @@ from helix_pipelines.defs.reporting import fingerprints, metadata_values, report
 from helix_pipelines.defs.resources import DatabaseResource, EmbeddingResource
 from helix_pipelines.pipeline import batch_collection as collection
 from helix_pipelines.pipeline import batch_embedding as flow
+
+# Dagster rebuilds a sensor that targets an op job when it binds the job's resources, passing
+# `owners` (None) on, and warns that the parameter is beta: known, and noise in CLI output.
+warnings.filterwarnings("ignore", message="Parameter `owners` of initializer `SensorDefinition")
 
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
