@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     embed_batch_max_pairs: int = Field(
         50_000, ge=1, le=50_000, validation_alias="HELIX_EMBED_BATCH_MAX_PAIRS"
     )
+    embed_batch_api: bool | None = Field(
+        None,
+        validation_alias="HELIX_EMBED_BATCH_API",
+        description="whether OPENAI_BASE_URL has OpenAI's Batch API; unset: only OpenAI's own "
+        "API is assumed to, so `auto` keeps other OpenAI-compatible servers synchronous",
+    )
     embed_limit_window_s: float = Field(
         60.0,
         gt=0,

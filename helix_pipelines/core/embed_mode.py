@@ -9,6 +9,7 @@ back to sync, an explicit `batch` is refused.
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 EmbedMode = Literal["auto", "sync", "batch"]
 MODES: tuple[str, ...] = ("auto", "sync", "batch")
@@ -18,6 +19,17 @@ class BatchModeUnavailable(ValueError):
     """Batch mode asked for where there is no Batch API (the local provider)."""
 
     transient = False
+
+
+OPENAI_API_HOST = "api.openai.com"
+
+
+def has_batch_api(base_url: str | None, declared: bool | None) -> bool:
+    """Whether `auto` may send backlogs to the Batch API. OpenAI-compatible servers (vLLM,
+    Ollama, gateways) rarely have one: unless the operator says so, only OpenAI's own does."""
+    if declared is not None:
+        return declared
+    return base_url is None or urlsplit(base_url).hostname == OPENAI_API_HOST
 
 
 def choose_mode(

@@ -113,6 +113,9 @@ class EmbeddingResource(ConfigurableResource):
     )
     batch_poll_s: float = Field(60.0, description="each live batch is polled at most this often")
     batch_max_pairs: int = Field(50_000, description="pairs (requests) per Batch API batch")
+    batch_api: bool | None = Field(
+        None, description="the API has a Batch API (HELIX_EMBED_BATCH_API; unset: OpenAI's only)"
+    )
     limit_window_s: float = 60.0
 
     def check_limits(self) -> CheckLimits:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.circuit_breaker import CircuitBreaker
-from helix_pipelines.core.embed_mode import BatchModeUnavailable, choose_mode
+from helix_pipelines.core.embed_mode import BatchModeUnavailable, choose_mode, has_batch_api
 from helix_pipelines.core.rate_limit import NoLimit, RateLimiter, RateLimits, Window
 from helix_pipelines.db.state_store import PostgresStateStore
 from helix_pipelines.embedding import build_provider
@@ -52,6 +52,7 @@ class EmbeddingSetup:
     batch_threshold: int = 10_000
     batch_poll_s: float = 60.0
     batch_max_pairs: int = 50_000
+    batch_api: bool | None = None  # HELIX_EMBED_BATCH_API; unset: OpenAI's own API only
     limit_window_s: float = 60.0  # the window the API counts RPM/TPM over
 
     def __repr__(self) -> str:  # never show the key
@@ -130,11 +131,14 @@ class EmbeddingSetup:
         return report, breaker.snapshot()["state"]
 
     def mode_for(self, pending: int, override: str | None = None) -> str:
-        """sync or batch for a run with `pending` pairs (core.embed_mode decides)."""
-        return choose_mode(
-            override or self.mode, pending=pending, threshold=self.batch_threshold,
-            batch_capable=self.provider == "openai",
-        )  # fmt: skip
+        """sync or batch for a run with `pending` pairs (core.embed_mode decides). An explicit
+        `batch` is the operator's word; `auto` chooses batches only where a Batch API is."""
+        mode = override or self.mode
+        capable = self.provider == "openai" and (
+            mode != "auto" or has_batch_api(self.base_url, self.batch_api)
+        )
+        return choose_mode(mode, pending=pending, threshold=self.batch_threshold,
+                           batch_capable=capable)  # fmt: skip
 
     def batch_client(self) -> BatchClient:
         if self.provider != "openai" or not self.api_key:
@@ -188,5 +192,6 @@ def setup_from_settings(settings) -> EmbeddingSetup:
         batch_threshold=settings.embed_batch_threshold,
         batch_poll_s=settings.embed_batch_poll_s,
         batch_max_pairs=settings.embed_batch_max_pairs,
+        batch_api=settings.embed_batch_api,
         limit_window_s=settings.embed_limit_window_s,
     )

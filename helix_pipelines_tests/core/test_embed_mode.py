@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helix_pipelines.core.embed_mode import BatchModeUnavailable, choose_mode
+from helix_pipelines.core.embed_mode import BatchModeUnavailable, choose_mode, has_batch_api
 from helix_pipelines.embedding.openai_batch import build_jsonl, parse_results
 
 
@@ -61,3 +61,17 @@ def test_results_tell_vectors_refusals_transient_and_not_run_apart():
     assert ok.ok and not bad.ok and bad.invalid_input and bad.error == "bad input"
     assert not flaky.invalid_input and flaky.status_code == 500
     assert expired.status_code is None and expired.error == "not run (batch_expired)"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "declared", "expected"),
+    [
+        (None, None, True),  # the client's default: OpenAI's own API
+        ("https://api.openai.com/v1", None, True),
+        ("http://127.0.0.1:8000/v1", None, False),  # vLLM, Ollama, a gateway: no Batch API
+        ("http://127.0.0.1:8000/v1", True, True),  # unless the operator says it has one
+        ("https://api.openai.com/v1", False, False),
+    ],
+)
+def test_auto_assumes_a_batch_api_only_of_openai_unless_told(base_url, declared, expected):
+    assert has_batch_api(base_url, declared) is expected

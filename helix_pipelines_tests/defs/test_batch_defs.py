@@ -50,6 +50,7 @@ def resources(database_url, home, fake, **embedding) -> dict:
             base_url=fake.base_url,
             dim=DIM,
             batch_threshold=10,
+            batch_api=True,  # the in-suite server has one; auto assumes it only of OpenAI's
             **embedding,
         ),  # fmt: skip
         "import_settings": ImportSettingsResource(
