@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
+from embed import reset, texts  # bench/ is on the path when a bench runs as a script
 
 from helix_pipelines.core.circuit_breaker import CircuitBreaker
 from helix_pipelines.core.rate_limit import RateLimiter, RateLimits
@@ -56,22 +57,7 @@ class ManualClock:
 
 
 def load(engine: sa.Engine, count: int) -> None:
-    with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE qa_pair, import_job, pipeline_state CASCADE"))
-        job = conn.scalar(
-            sa.text(
-                "INSERT INTO import_job (partition_key, source_name, status) "
-                "VALUES ('bench', 'bench', 'completed') RETURNING id"
-            )
-        )
-        conn.execute(
-            sa.text(
-                "INSERT INTO qa_pair (import_job_id, source_row, question, answer, content_hash) "
-                "SELECT :job, r, 'question ' || r || ': where is order ' || r * 7919 || '?', "
-                "'answer ' || r || '.', md5(r::text) FROM generate_series(1, :n) AS r"
-            ),
-            {"job": job, "n": count},
-        )
+    reset(engine, texts(count, "bench"))  # the same knowledge base bench/embed.py builds
 
 
 def run_sync(engine, fake, dim: int) -> dict:
