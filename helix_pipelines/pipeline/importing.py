@@ -37,6 +37,10 @@ FILE_DAMAGED = "file_damaged"
 # Parsed batches waiting for the writer: enough to keep it busy while the reader parses the next,
 # few enough that memory does not depend on the file's size (bench/import.py).
 READ_AHEAD_BATCHES = 2
+# Characters of question and answer text in one batch, whatever its row count: four or five
+# batches are alive between the reader and the writer, so this bounds the import's memory for
+# files of long answers too (about 5,000 rows of the usual pair; bench/import.py).
+BATCH_TEXT_CHARS = 4 * 1024**2
 
 # on_batch(status, seconds, rows), once per attempt (for metrics): success; retry (an attempt
 # that failed and is tried again); error (the batch failed for good); timeout (over its deadline,
@@ -76,6 +80,7 @@ class ImportOptions:
     stale_after_s: float = 300.0
     # A source version retiring more than this share of the source waits for confirmation.
     max_retire_share: float = 0.5
+    batch_text_chars: int = BATCH_TEXT_CHARS
 
 
 @dataclass
@@ -141,8 +146,11 @@ def _import_from(engine, job, report, run_id, options, observers, hook, started,
         jobs.set_format(engine, job.id, source.summary.file_format, source.summary.as_dict())
         writer = _BatchWriter(engine, job.id, run_id, options, observers[0], hook)
         writer.reading = FilePosition(str(local_path), observers[1], source.summary)
-        batches = _batches(
-            source.chunks(start_after_row=job.last_source_row), writer.sizer, job.last_source_row
+        batches = _Batches(
+            source.chunks(start_after_row=job.last_source_row),
+            writer.sizer,
+            job.last_source_row,
+            text_budget=options.batch_text_chars,
         )
         # The reader parses the next batches while this thread writes; leaving the block (also
         # by an exception) stops the reader before the file is closed.
@@ -258,14 +266,16 @@ class _BatchWriter:
 
 
 class _Batches:
-    """Cut the parser's chunks into batches of exactly `sizer.current` rows (read afresh for
-    each batch, so the adaptive size applies however large the parser's chunks are; batches
-    already waiting for the writer keep the size they were cut at). Remembers the first row not
-    yet handed out, so damage met while reading is reported exactly there. Iterated in the
-    reader's thread (ReadAhead): its attributes are read once the iteration has ended."""
+    """Cut the parser's chunks into batches of exactly `sizer.current` rows, or fewer when
+    their text would exceed BATCH_TEXT_CHARS (read afresh for each batch, so the adaptive size
+    applies however large the parser's chunks are; batches already waiting for the writer keep
+    the size they were cut at). Remembers the first row not yet handed out, so damage met while
+    reading is reported exactly there. Iterated in the reader's thread (ReadAhead): its
+    attributes are read once the iteration has ended."""
 
-    def __init__(self, chunks: Iterator[Chunk], sizer: AdaptiveBatchSize, after_row: int):
-        self.chunks, self.sizer = chunks, sizer
+    def __init__(self, chunks: Iterator[Chunk], sizer: AdaptiveBatchSize, after_row: int, *,
+                 text_budget: int = BATCH_TEXT_CHARS):  # fmt: skip
+        self.chunks, self.sizer, self.text_budget = chunks, sizer, text_budget
         self.next_row = after_row + 1
         self.read_any = False
         self.damage: FileUnreadable | None = None
@@ -278,8 +288,9 @@ class _Batches:
                 self.read_any = True
                 rows = rows[start:] + sorted([*chunk.pairs, *chunk.errors], key=_source_row)
                 start, last = 0, chunk.last_source_row
-                while len(rows) - start >= self.sizer.current:
-                    taken = rows[start : start + self.sizer.current]
+                budget = _rows_within(self.text_budget, chunk)
+                while len(rows) - start >= min(self.sizer.current, budget):
+                    taken = rows[start : start + min(self.sizer.current, budget)]
                     start += len(taken)
                     yield self._cut(taken, taken[-1].source_row)
         except FileUnreadable as exc:
@@ -293,8 +304,10 @@ class _Batches:
         return batch
 
 
-def _batches(chunks: Iterator[Chunk], sizer: AdaptiveBatchSize, after_row: int) -> _Batches:
-    return _Batches(chunks, sizer, after_row)
+def _rows_within(text_budget: int, chunk: Chunk) -> int:
+    """How many rows like the chunk's pairs hold ``text_budget`` characters."""
+    chars = sum(len(p.question) + len(p.answer) for p in chunk.pairs)
+    return max(1, text_budget * len(chunk.pairs) // chars) if chars else text_budget
 
 
 def _source_row(row: Pair | RowError) -> int:

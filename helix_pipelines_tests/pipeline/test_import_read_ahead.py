@@ -89,3 +89,20 @@ def test_damage_met_by_the_reader_is_a_row_error_at_its_row(engine, tmp_path):
     assert "reading stopped after 600 records" in message
     assert_accounting(report.job)
     empty_tables(engine)
+
+
+def test_batches_of_long_answers_are_cut_by_their_text(engine, tmp_path):
+    # 120 answers of 30,000 characters: 3.6 M characters, over 2 M in a batch of 120 rows.
+    path = tmp_path / "long.csv"
+    lines = ["question,answer"] + [f"Why {n}?,{chr(97 + n % 26) * 30_000} {n}" for n in range(120)]
+    path.write_text("\n".join(lines) + "\n")
+    job = register(engine, path)
+    options = ImportOptions(
+        batch_size=AdaptiveBatchSize(initial=5000, fixed=True), batch_text_chars=2_000_000
+    )
+    report = import_file(engine, job.id, run_id="r", options=options)
+    assert report.job.pairs_created == 120
+    # 66 rows of 30,000 characters in 2 M, whatever the batch size says: 66 + 54.
+    assert report.batches == 2
+    assert_accounting(report.job)
+    empty_tables(engine)
