@@ -227,3 +227,13 @@ def test_batch_hash_keys_equal_hash_key(values):
     column = pa.array(values, type=pa.string())
     keys = fast_csv._hash_keys(column, values, np.ones(len(values), dtype=bool))
     assert keys == [hash_key(value) for value in values]
+
+
+def test_unicode_constants_equal_their_definitions():
+    # The constants spare a scan of every code point at first use; they hold for one version.
+    import unicodedata
+
+    assert unicodedata.unidata_version == fast_csv._UNICODE_VERSION
+    assert fast_csv._python_whitespace() == fast_csv._computed_whitespace()
+    starters = {c for c in fast_csv._may_compose_with_previous() if not unicodedata.combining(c)}
+    assert fast_csv._composing_starters() == starters

@@ -44,13 +44,45 @@ _SPACE_RUNS = re.compile(b"  +")
 _SPACE = 32
 
 
+# Both sets below scan every code point when computed (0.1-0.25 s); the constants are theirs
+# for the Unicode version named, which a test checks. Another version computes them afresh.
+_UNICODE_VERSION = "14.0.0"
+# Exactly what ``str.strip()`` removes, for ``utf8_trim``.
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# The characters of ``_may_compose_with_previous()`` of combining class 0 (the others are
+# excluded by their class already).
+_COMPOSING_STARTERS = frozenset(
+    "\u09be\u09d7\u0b3e\u0b56\u0b57\u0bbe\u0bd7\u0cc2\u0cd5\u0cd6\u0d3e\u0d57\u0dcf\u0ddf"
+    "\u0fb5\u0fb7\u102e\u1b35\U00011127\U0001133e\U00011357\U000114b0\U000114ba\U000114bd"
+    "\U000115af\U00011930"
+    + "".join(map(chr, range(0x1161, 0x1176)))  # Hangul vowel jamo
+    + "".join(map(chr, range(0x11A8, 0x11C3)))  # Hangul trailing jamo
+)
+
+
 @functools.cache
 def _python_whitespace() -> str:
-    """Exactly what ``str.strip()`` removes, for ``utf8_trim``."""
+    if unicodedata.unidata_version == _UNICODE_VERSION:
+        return _WHITESPACE
+    return _computed_whitespace()
+
+
+def _computed_whitespace() -> str:
     return "".join(chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace())
 
 
 @functools.cache
+def _composing_starters() -> frozenset[str]:
+    if unicodedata.unidata_version == _UNICODE_VERSION:
+        return _COMPOSING_STARTERS
+    return frozenset(
+        char for char in _may_compose_with_previous() if not unicodedata.combining(char)
+    )
+
+
 def _may_compose_with_previous() -> frozenset[str]:
     """Characters that can combine with the one before them under NFKC (a superset of
     NFKC_Quick_Check=Maybe): second halves of two-character canonical decompositions, and the
@@ -74,7 +106,7 @@ def _foldable_in_place(char: str) -> bool:
     return (
         unicodedata.combining(char) == 0
         and unicodedata.normalize("NFKC", char) == char
-        and char not in _may_compose_with_previous()
+        and char not in _composing_starters()
         and not char.isspace()
         and len(folded.encode("utf-8")) == len(char.encode("utf-8"))
         and all(part.casefold() == part and not part.isspace() for part in folded)
