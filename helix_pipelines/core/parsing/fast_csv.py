@@ -14,6 +14,7 @@ import csv
 import functools
 import hashlib
 import io
+import itertools
 import os
 import re
 import sys
@@ -212,43 +213,50 @@ class _BatchChecker:
         field over the field limit, a quote after leading spaces, a line the exact reader
         would cut, a null."""
         unsure = np.zeros(len(columns[0]), dtype=bool)
-        widest = np.zeros(len(columns[0]), dtype=np.int64)
+        if self._may_be_too_long(columns):
+            widest = np.zeros(len(columns[0]), dtype=np.int64)
+            for column in columns:
+                lengths = pc.utf8_length(column).to_numpy(zero_copy_only=False)
+                unsure |= lengths > self.max_field
+                widest += lengths
+            # Raw record length is at most twice its text (doubled quotes) plus quotes and
+            # delimiters: below the line limit, no physical line was cut.
+            unsure |= 2 * widest + 3 * len(columns) + 2 > self.line_limit
         for column in columns:
-            lengths = pc.utf8_length(column).to_numpy(zero_copy_only=False)
-            unsure |= lengths > self.max_field
-            widest += lengths
             if column.null_count:
                 unsure |= column.is_null().to_numpy(zero_copy_only=False)
-            if pc.any(pc.starts_with(column, " ")).as_py():
+            if _starts_with_space(column).any():
                 quoted = pc.match_substring_regex(column, _SPACES_THEN_QUOTE)
                 unsure |= quoted.to_numpy(zero_copy_only=False)
-        # Raw record length is at most twice its text (doubled quotes) plus quotes and
-        # delimiters: below the line limit, no physical line was cut.
-        unsure |= 2 * widest + 3 * len(columns) + 2 > self.line_limit
         hits = np.flatnonzero(unsure)
         return int(hits[0]) if len(hits) else None
+
+    def _may_be_too_long(self, columns: list[pa.Array]) -> bool:
+        """The length rules in bytes, which bound characters from above: only when one of
+        them fails are the characters counted."""
+        sizes = [_sizes(column) for column in columns]
+        widest = np.add.reduce(sizes, dtype=np.int64)
+        return bool(
+            max(size.max(initial=0) for size in sizes) > self.max_field
+            or (2 * widest + 3 * len(columns) + 2 > self.line_limit).any()
+        )
 
     def _results(self, columns: list[pa.Array], first_row: int) -> list[Pair | RowError | int]:
         """One result per record, stopping short before a record only the exact reader can
         judge."""
         question_index, answer_index, category_index = self.indexes
-        questions, question_lengths = _clean(columns[question_index])
-        answers, answer_lengths = _clean(columns[answer_index])
-        fine = (
-            (question_lengths > 0)
-            & (answer_lengths > 0)
-            & (question_lengths <= self.max_question)
-            & (answer_lengths <= self.max_answer)
-        )
-        question_texts = _texts(questions, question_lengths)
-        answer_texts = _texts(answers, answer_lengths)
+        questions = _clean(columns[question_index])
+        answers = _clean(columns[answer_index])
+        fine = _fits(questions, self.max_question) & _fits(answers, self.max_answer)
+        question_keys, answer_keys = _KeyColumn(questions), _KeyColumn(answers)
+        question_texts, answer_texts = question_keys.texts, answer_keys.texts
         categories = self._categories(columns, category_index)
-        digests = _digests(
-            _hash_keys(questions, question_texts, fine), _hash_keys(answers, answer_texts, fine)
-        )
+        digests = _digests(question_keys, answer_keys, fine)
         if fine.all():  # the usual batch: no Python loop of our own
             rows = range(first_row, first_row + len(fine))
-            return list(map(Pair, rows, question_texts, answer_texts, categories, digests))
+            fields = zip(rows, question_texts, answer_texts, categories, digests, strict=True)
+            # tuple.__new__ builds each Pair in C; Pair(...) would run its Python __new__.
+            return list(map(tuple.__new__, itertools.repeat(Pair), fields))
         out: list[Pair | RowError | int] = []
         for position, ok in enumerate(fine.tolist()):
             if ok:
@@ -271,8 +279,11 @@ class _BatchChecker:
     def _categories(self, columns: list[pa.Array], index: int | None) -> list[str | None]:
         if index is None:
             return [None] * len(columns[0])
-        cleaned, lengths = _clean(columns[index])
-        return [text or None for text in _texts(cleaned, lengths)]
+        cleaned = _clean(columns[index])
+        texts = cleaned.to_pylist()
+        if _sizes(cleaned).all():
+            return texts
+        return [text or None for text in texts]
 
     def _exact_check(
         self, columns: list[pa.Array], position: int, first_row: int
@@ -401,9 +412,7 @@ class _RecordLocator:
 def _layout(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """The UTF-8 bytes of all values back to back, and the ``n + 1`` value offsets into them."""
     buffers = column.buffers()
-    offsets = np.frombuffer(
-        buffers[1], dtype=np.int32, count=len(column) + 1, offset=column.offset * 4
-    )
+    offsets = _raw_offsets(column)
     start, end = int(offsets[0]), int(offsets[-1])
     if buffers[2] is None or end == start:
         return np.empty(0, dtype=np.uint8), offsets - start
@@ -411,9 +420,38 @@ def _layout(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets - start
 
 
-def _clean(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """``clean_text`` on every value, and the cleaned lengths in characters. The CR and
-    control-character passes run only when the batch's bytes hold such a character."""
+def _raw_offsets(column: pa.Array) -> np.ndarray:
+    return np.frombuffer(
+        column.buffers()[1], dtype=np.int32, count=len(column) + 1, offset=column.offset * 4
+    )
+
+
+def _sizes(column: pa.Array) -> np.ndarray:
+    """Every value's length in bytes, never less than its length in characters."""
+    return np.diff(_raw_offsets(column))
+
+
+def _fits(column: pa.Array, limit: int) -> np.ndarray:
+    """Values that are not empty and at most ``limit`` characters long; characters are only
+    counted when some value has more bytes than that."""
+    sizes = _sizes(column)
+    fits = sizes > 0
+    if sizes.max(initial=0) > limit:
+        fits &= pc.utf8_length(column).to_numpy(zero_copy_only=False) <= limit
+    return fits
+
+
+def _starts_with_space(column: pa.Array) -> np.ndarray:
+    data, offsets = _layout(column)
+    if not len(data):
+        return np.zeros(len(column), dtype=bool)
+    starts = offsets[:-1]
+    return (offsets[1:] > starts) & (data[np.minimum(starts, len(data) - 1)] == _SPACE)
+
+
+def _clean(column: pa.Array) -> pa.Array:
+    """``clean_text`` on every value. The CR and control-character passes run only when the
+    batch's bytes hold such a character."""
     data, _ = _layout(column)
     low_bytes = data[data < _SPACE].tobytes()
     if b"\r" in low_bytes:
@@ -421,42 +459,44 @@ def _clean(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
         column = pc.replace_substring(column, "\r", "\n")
     if len(low_bytes.translate(None, CONTROL_BYTES)) != len(low_bytes):
         column = pc.replace_substring_regex(column, _CONTROL_PATTERN, "")
-    column = pc.utf8_trim(column, _python_whitespace())
-    return column, pc.utf8_length(column).to_numpy(zero_copy_only=False)
+    return pc.utf8_trim(column, _python_whitespace())
 
 
-def _texts(column: pa.Array, lengths: np.ndarray) -> list[str]:
-    """The values as str: one decode for the batch, then slices by character offsets."""
-    data, _ = _layout(column)
-    text = data.tobytes().decode("utf-8")
-    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=bounds[1:])
-    edges = bounds.tolist()
-    return [text[start:end] for start, end in zip(edges, edges[1:], strict=False)]
+class _KeyColumn:
+    """``hash_key`` of every cleaned value of a column, done on the batch's bytes: ASCII
+    lowered, TAB and LF made spaces, other characters folded in place where that is exact
+    (``_foldable_in_place``). Cleaned values hold no CR, VT, FF or other C0 control and have
+    no whitespace at either end, so ``hash_key``'s special cases and final strip never apply
+    to them. Rows still holding a run of spaces, or a character only ``hash_key`` itself can
+    handle, are ``special``: ``key(row)`` gives their exact key, the batch blob does not."""
+
+    def __init__(self, column: pa.Array) -> None:
+        self.texts: list[str] = column.to_pylist()
+        data, offsets = _layout(pc.ascii_lower(column))
+        # Cleaning left TAB and LF as the only bytes below a space: both become one.
+        keys = np.maximum(data, np.uint8(_SPACE))
+        self.own_key_rows: set[int] = set()
+        blob = keys.tobytes()
+        if not blob.isascii():
+            blob = _fold_non_ascii(blob, keys, offsets, self.own_key_rows)
+        self.blob, self.offsets = blob, offsets
+        self.space_run_rows = _rows_with_space_runs(keys, offsets)
+        self.special = self.own_key_rows | self.space_run_rows
+
+    def array(self) -> pa.Array:
+        return _binary_array(self.offsets, self.blob)
+
+    def key(self, row: int) -> bytes:
+        if row in self.own_key_rows:
+            return hash_key(self.texts[row])
+        key = self.blob[int(self.offsets[row]) : int(self.offsets[row + 1])]
+        return _SPACE_RUNS.sub(b" ", key) if row in self.space_run_rows else key
 
 
-def _hash_keys(column: pa.Array, texts: list[str], wanted: np.ndarray) -> list[bytes | None]:
-    """``hash_key`` of every cleaned value, done on the batch's bytes: ASCII lowered, other
-    characters folded in place where that is exact (``_foldable_in_place``), TAB and LF made
-    spaces, runs of spaces collapsed. Values with any other character go through ``hash_key``
-    itself. Cleaned values hold no CR, VT, FF or other C0 control and have no whitespace at
-    either end, so ``hash_key``'s special cases and final strip never apply to them."""
-    data, offsets = _layout(column)
-    blob = data.tobytes().lower().replace(b"\n", b" ").replace(b"\t", b" ")
-    own_key_rows: set[int] = set()
-    if not blob.isascii():
-        blob = _fold_non_ascii(blob, data, offsets, own_key_rows)
-    edges = offsets.tolist()
-    keys: list[bytes | None] = [
-        blob[start:end] for start, end in zip(edges, edges[1:], strict=False)
-    ]
-    spaces = np.frombuffer(blob, dtype=np.uint8) == _SPACE
+def _rows_with_space_runs(keys: np.ndarray, offsets: np.ndarray) -> set[int]:
+    spaces = keys == _SPACE
     doubled = np.flatnonzero(spaces[1:] & spaces[:-1])
-    for row in set(np.searchsorted(offsets, doubled, side="right").tolist()):
-        keys[row - 1] = _SPACE_RUNS.sub(b" ", keys[row - 1])
-    for row in own_key_rows:
-        keys[row] = hash_key(texts[row]) if wanted[row] else None
-    return keys
+    return set((np.searchsorted(offsets, doubled, side="right") - 1).tolist())
 
 
 def _fold_non_ascii(
@@ -482,12 +522,31 @@ def _rows_holding(blob: bytes, needle: bytes, edges: list[int]) -> set[int]:
     return rows
 
 
-def _digests(question_keys: list, answer_keys: list) -> list[str | None]:
+def _binary_array(offsets: np.ndarray, data: bytes) -> pa.Array:
+    """Built from buffers, without copying; ``pa.array``/``pa.scalar`` would import pandas
+    (0.3 s or more, per process) to check the input's type."""
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    return pa.Array.from_buffers(pa.binary(), len(offsets) - 1, buffers)
+
+
+_SEPARATOR = _binary_array(np.array([0, 1], dtype=np.int32), HASH_SEPARATOR_BYTES)[0]
+
+
+def _digests(questions: _KeyColumn, answers: _KeyColumn, wanted: np.ndarray) -> list[str | None]:
+    """``content_hash`` of every record: the keys are joined by pyarrow, one SHA-256 a record
+    over a slice of the joined bytes. Special rows are hashed again from their exact keys."""
+    joined = pc.binary_join_element_wise(questions.array(), answers.array(), _SEPARATOR)
+    data, offsets = _layout(joined)
+    blob, edges = data.tobytes(), offsets.tolist()
     sha256 = hashlib.sha256
-    separator = HASH_SEPARATOR_BYTES
-    return [
-        sha256(question + separator + answer).hexdigest()
-        if question is not None and answer is not None
-        else None
-        for question, answer in zip(question_keys, answer_keys, strict=True)
+    digests: list[str | None] = [
+        sha256(blob[start:end]).hexdigest() for start, end in zip(edges, edges[1:], strict=False)
     ]
+    separator = HASH_SEPARATOR_BYTES
+    for row in questions.special | answers.special:
+        digests[row] = (
+            sha256(questions.key(row) + separator + answers.key(row)).hexdigest()
+            if wanted[row]
+            else None
+        )
+    return digests
