@@ -312,13 +312,19 @@ class _RecordLocator:
     a line break after an even number of quotes since the record's start. The scan starts from
     the last record it located, so a file is scanned at most once. A quote inside an unquoted
     field breaks the parity rule; ``csv_fields`` then finds fields that differ from pyarrow's
-    and the caller hands over to the exact reader as before."""
+    and the caller hands over to the exact reader as before.
 
-    WINDOW = 1 << 16  # bytes looked at first; doubled while more records are wanted
+    The record ends of a whole window are kept between calls, so locating the next record
+    (every hundredth one in a file with 1% of such rows) reads no byte twice."""
+
+    WINDOW = 1 << 18  # bytes scanned at once; doubled while a window holds no record end
 
     def __init__(self, source: DelimitedSource) -> None:
         self.source = source
         self.row, self.offset = 1, source.data_offset or 0  # record `row` begins at `offset`
+        self._ends: list[int] = []  # record ends found ahead; `_ends[_next]` ends record `row`
+        self._next = 0
+        self._scanned_to = self.offset  # a record boundary: the next scan starts there
         self._fd: int | None = None
         self._size = 0
 
@@ -349,23 +355,30 @@ class _RecordLocator:
     def _record_bytes(self, row: int) -> bytes | None:
         if row < self.row or not self._opened():
             return None
-        if row > self.row:
-            self._skip(row - self.row)
-        ends = self._ends_from(self.offset, 1)
-        end = ends[0] if ends else self._size
+        while self.row < row:
+            if self._next == len(self._ends) and not self._scan():
+                self.row, self.offset = row, self._size
+                break
+            step = min(row - self.row, len(self._ends) - self._next)
+            self._next += step
+            self.row += step
+            self.offset = self._ends[self._next - 1]
+        found = self._next < len(self._ends) or self._scan()
+        end = self._ends[self._next] if found else self._size
         return self._read(self.offset, end - self.offset).rstrip(b"\r\n")
 
-    def _skip(self, records: int) -> None:
-        ends = self._ends_from(self.offset, records)
-        self.offset = ends[-1] if len(ends) == records else self._size
-        self.row += records
+    def _scan(self) -> bool:
+        """Finds the record ends of the next window; False at the end of the file."""
+        self._ends, self._next = self._ends_from(self._scanned_to), 0
+        if self._ends:
+            self._scanned_to = self._ends[-1]
+        return bool(self._ends)
 
-    def _ends_from(self, offset: int, wanted: int) -> list[int]:
-        """Offsets just after the next ``wanted`` record ends (fewer at the end of the file).
-        Reads a window at a time (never the whole file: memory stays flat)."""
-        found: list[int] = []
+    def _ends_from(self, offset: int) -> list[int]:
+        """Offsets just after each record that ends in the first window from ``offset`` (a
+        record boundary) holding one. A window at a time: memory stays flat."""
         window = self.WINDOW
-        while len(found) < wanted and offset < self._size:
+        while offset < self._size:
             chunk = np.frombuffer(self._read(offset, window), dtype=np.uint8)
             if not len(chunk):
                 break  # the file got shorter than it was
@@ -375,18 +388,15 @@ class _RecordLocator:
                 breaks = breaks[:-1]  # a CR at the window's edge may begin a CRLF
             quotes = np.flatnonzero(chunk == 34)
             breaks = breaks[np.searchsorted(quotes, breaks) % 2 == 0]
-            if len(breaks):
-                # CR LF is one line break: its CR is no record end of its own.
-                following = chunk[np.minimum(breaks + 1, len(chunk) - 1)]
-                is_crlf = (chunk[breaks] == 13) & (following == 10)
-                ends = (breaks[~is_crlf] + 1).tolist()
-                taken = ends[: wanted - len(found)]
-                found += [offset + end for end in taken]
-                offset += taken[-1]
-            elif at_end:
+            # CR LF is one line break: its CR is no record end of its own.
+            following = chunk[np.minimum(breaks + 1, len(chunk) - 1)]
+            ends = breaks[~((chunk[breaks] == 13) & (following == 10))] + 1
+            if len(ends):
+                return (ends + offset).tolist()
+            if at_end:
                 break
             window = min(2 * window, 1 << 24)
-        return found
+        return []
 
     def _read(self, offset: int, size: int) -> bytes:
         assert self._fd is not None
