@@ -232,6 +232,7 @@ def test_batch_hash_keys_equal_hash_key(values):
     expected = [content_hash(q, a) for q, a in zip(values, values[::-1], strict=True)]
     assert fast_csv._digests(keys, answers, wanted) == expected
 
+
 def test_unicode_constants_equal_their_definitions():
     # The constants spare a scan of every code point at first use; they hold for one version.
     import unicodedata
