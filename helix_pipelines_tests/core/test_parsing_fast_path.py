@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helix_pipelines.core.normalize import clean_text, hash_key
+from helix_pipelines.core.normalize import clean_text, content_hash, hash_key
 from helix_pipelines.core.parsing import FileUnreadable, ParseOptions, fast_csv, open_source
 from helix_pipelines.core.parsing.csv_reader import DelimitedSource
 from helix_pipelines_tests.core.parsing_helpers import SHARED_DATA
@@ -224,6 +224,20 @@ def test_batch_hash_keys_equal_hash_key(values):
     import numpy as np
     import pyarrow as pa
 
-    column = pa.array(values, type=pa.string())
-    keys = fast_csv._hash_keys(column, values, np.ones(len(values), dtype=bool))
-    assert keys == [hash_key(value) for value in values]
+    keys = fast_csv._KeyColumn(pa.array(values, type=pa.string()))
+    assert [keys.key(row) for row in range(len(values))] == [hash_key(value) for value in values]
+    # The batch digests (joined keys, special rows hashed again) are content_hash itself.
+    answers = fast_csv._KeyColumn(pa.array(values[::-1], type=pa.string()))
+    wanted = np.ones(len(values), dtype=bool)
+    expected = [content_hash(q, a) for q, a in zip(values, values[::-1], strict=True)]
+    assert fast_csv._digests(keys, answers, wanted) == expected
+
+
+def test_unicode_constants_equal_their_definitions():
+    # The constants spare a scan of every code point at first use; they hold for one version.
+    import unicodedata
+
+    assert unicodedata.unidata_version == fast_csv._UNICODE_VERSION
+    assert fast_csv._python_whitespace() == fast_csv._computed_whitespace()
+    starters = {c for c in fast_csv._may_compose_with_previous() if not unicodedata.combining(c)}
+    assert fast_csv._composing_starters() == starters

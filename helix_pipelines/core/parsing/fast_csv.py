@@ -8,12 +8,12 @@ resumes after the last record emitted. The rules are in docs/parsing.md ("Fast p
 
 from __future__ import annotations
 
-import bisect
 import codecs
 import csv
 import functools
 import hashlib
 import io
+import itertools
 import os
 import re
 import sys
@@ -44,13 +44,45 @@ _SPACE_RUNS = re.compile(b"  +")
 _SPACE = 32
 
 
+# Both sets below scan every code point when computed (0.1-0.25 s); the constants are theirs
+# for the Unicode version named, which a test checks. Another version computes them afresh.
+_UNICODE_VERSION = "14.0.0"
+# Exactly what ``str.strip()`` removes, for ``utf8_trim``.
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# The characters of ``_may_compose_with_previous()`` of combining class 0 (the others are
+# excluded by their class already).
+_COMPOSING_STARTERS = frozenset(
+    "\u09be\u09d7\u0b3e\u0b56\u0b57\u0bbe\u0bd7\u0cc2\u0cd5\u0cd6\u0d3e\u0d57\u0dcf\u0ddf"
+    "\u0fb5\u0fb7\u102e\u1b35\U00011127\U0001133e\U00011357\U000114b0\U000114ba\U000114bd"
+    "\U000115af\U00011930"
+    + "".join(map(chr, range(0x1161, 0x1176)))  # Hangul vowel jamo
+    + "".join(map(chr, range(0x11A8, 0x11C3)))  # Hangul trailing jamo
+)
+
+
 @functools.cache
 def _python_whitespace() -> str:
-    """Exactly what ``str.strip()`` removes, for ``utf8_trim``."""
+    if unicodedata.unidata_version == _UNICODE_VERSION:
+        return _WHITESPACE
+    return _computed_whitespace()
+
+
+def _computed_whitespace() -> str:
     return "".join(chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace())
 
 
 @functools.cache
+def _composing_starters() -> frozenset[str]:
+    if unicodedata.unidata_version == _UNICODE_VERSION:
+        return _COMPOSING_STARTERS
+    return frozenset(
+        char for char in _may_compose_with_previous() if not unicodedata.combining(char)
+    )
+
+
 def _may_compose_with_previous() -> frozenset[str]:
     """Characters that can combine with the one before them under NFKC (a superset of
     NFKC_Quick_Check=Maybe): second halves of two-character canonical decompositions, and the
@@ -74,7 +106,7 @@ def _foldable_in_place(char: str) -> bool:
     return (
         unicodedata.combining(char) == 0
         and unicodedata.normalize("NFKC", char) == char
-        and char not in _may_compose_with_previous()
+        and char not in _composing_starters()
         and not char.isspace()
         and len(folded.encode("utf-8")) == len(char.encode("utf-8"))
         and all(part.casefold() == part and not part.isspace() for part in folded)
@@ -180,43 +212,50 @@ class _BatchChecker:
         field over the field limit, a quote after leading spaces, a line the exact reader
         would cut, a null."""
         unsure = np.zeros(len(columns[0]), dtype=bool)
-        widest = np.zeros(len(columns[0]), dtype=np.int64)
+        if self._may_be_too_long(columns):
+            widest = np.zeros(len(columns[0]), dtype=np.int64)
+            for column in columns:
+                lengths = pc.utf8_length(column).to_numpy(zero_copy_only=False)
+                unsure |= lengths > self.max_field
+                widest += lengths
+            # Raw record length is at most twice its text (doubled quotes) plus quotes and
+            # delimiters: below the line limit, no physical line was cut.
+            unsure |= 2 * widest + 3 * len(columns) + 2 > self.line_limit
         for column in columns:
-            lengths = pc.utf8_length(column).to_numpy(zero_copy_only=False)
-            unsure |= lengths > self.max_field
-            widest += lengths
             if column.null_count:
                 unsure |= column.is_null().to_numpy(zero_copy_only=False)
-            if pc.any(pc.starts_with(column, " ")).as_py():
+            if _starts_with_space(column).any():
                 quoted = pc.match_substring_regex(column, _SPACES_THEN_QUOTE)
                 unsure |= quoted.to_numpy(zero_copy_only=False)
-        # Raw record length is at most twice its text (doubled quotes) plus quotes and
-        # delimiters: below the line limit, no physical line was cut.
-        unsure |= 2 * widest + 3 * len(columns) + 2 > self.line_limit
         hits = np.flatnonzero(unsure)
         return int(hits[0]) if len(hits) else None
+
+    def _may_be_too_long(self, columns: list[pa.Array]) -> bool:
+        """The length rules in bytes, which bound characters from above: only when one of
+        them fails are the characters counted."""
+        sizes = [_sizes(column) for column in columns]
+        widest = np.add.reduce(sizes, dtype=np.int64)
+        return bool(
+            max(size.max(initial=0) for size in sizes) > self.max_field
+            or (2 * widest + 3 * len(columns) + 2 > self.line_limit).any()
+        )
 
     def _results(self, columns: list[pa.Array], first_row: int) -> list[Pair | RowError | int]:
         """One result per record, stopping short before a record only the exact reader can
         judge."""
         question_index, answer_index, category_index = self.indexes
-        questions, question_lengths = _clean(columns[question_index])
-        answers, answer_lengths = _clean(columns[answer_index])
-        fine = (
-            (question_lengths > 0)
-            & (answer_lengths > 0)
-            & (question_lengths <= self.max_question)
-            & (answer_lengths <= self.max_answer)
-        )
-        question_texts = _texts(questions, question_lengths)
-        answer_texts = _texts(answers, answer_lengths)
+        questions = _clean(columns[question_index])
+        answers = _clean(columns[answer_index])
+        fine = _fits(questions, self.max_question) & _fits(answers, self.max_answer)
+        question_keys, answer_keys = _KeyColumn(questions), _KeyColumn(answers)
+        question_texts, answer_texts = question_keys.texts, answer_keys.texts
         categories = self._categories(columns, category_index)
-        digests = _digests(
-            _hash_keys(questions, question_texts, fine), _hash_keys(answers, answer_texts, fine)
-        )
+        digests = _digests(question_keys, answer_keys, fine)
         if fine.all():  # the usual batch: no Python loop of our own
             rows = range(first_row, first_row + len(fine))
-            return list(map(Pair, rows, question_texts, answer_texts, categories, digests))
+            fields = zip(rows, question_texts, answer_texts, categories, digests, strict=True)
+            # tuple.__new__ builds each Pair in C; Pair(...) would run its Python __new__.
+            return list(map(tuple.__new__, itertools.repeat(Pair), fields))
         out: list[Pair | RowError | int] = []
         for position, ok in enumerate(fine.tolist()):
             if ok:
@@ -239,8 +278,11 @@ class _BatchChecker:
     def _categories(self, columns: list[pa.Array], index: int | None) -> list[str | None]:
         if index is None:
             return [None] * len(columns[0])
-        cleaned, lengths = _clean(columns[index])
-        return [text or None for text in _texts(cleaned, lengths)]
+        cleaned = _clean(columns[index])
+        texts = cleaned.to_pylist()
+        if _sizes(cleaned).all():
+            return texts
+        return [text or None for text in texts]
 
     def _exact_check(
         self, columns: list[pa.Array], position: int, first_row: int
@@ -270,13 +312,19 @@ class _RecordLocator:
     a line break after an even number of quotes since the record's start. The scan starts from
     the last record it located, so a file is scanned at most once. A quote inside an unquoted
     field breaks the parity rule; ``csv_fields`` then finds fields that differ from pyarrow's
-    and the caller hands over to the exact reader as before."""
+    and the caller hands over to the exact reader as before.
 
-    WINDOW = 1 << 16  # bytes looked at first; doubled while more records are wanted
+    The record ends of a whole window are kept between calls, so locating the next record
+    (every hundredth one in a file with 1% of such rows) reads no byte twice."""
+
+    WINDOW = 1 << 18  # bytes scanned at once; doubled while a window holds no record end
 
     def __init__(self, source: DelimitedSource) -> None:
         self.source = source
         self.row, self.offset = 1, source.data_offset or 0  # record `row` begins at `offset`
+        self._ends: list[int] = []  # record ends found ahead; `_ends[_next]` ends record `row`
+        self._next = 0
+        self._scanned_to = self.offset  # a record boundary: the next scan starts there
         self._fd: int | None = None
         self._size = 0
 
@@ -307,23 +355,30 @@ class _RecordLocator:
     def _record_bytes(self, row: int) -> bytes | None:
         if row < self.row or not self._opened():
             return None
-        if row > self.row:
-            self._skip(row - self.row)
-        ends = self._ends_from(self.offset, 1)
-        end = ends[0] if ends else self._size
+        while self.row < row:
+            if self._next == len(self._ends) and not self._scan():
+                self.row, self.offset = row, self._size
+                break
+            step = min(row - self.row, len(self._ends) - self._next)
+            self._next += step
+            self.row += step
+            self.offset = self._ends[self._next - 1]
+        found = self._next < len(self._ends) or self._scan()
+        end = self._ends[self._next] if found else self._size
         return self._read(self.offset, end - self.offset).rstrip(b"\r\n")
 
-    def _skip(self, records: int) -> None:
-        ends = self._ends_from(self.offset, records)
-        self.offset = ends[-1] if len(ends) == records else self._size
-        self.row += records
+    def _scan(self) -> bool:
+        """Finds the record ends of the next window; False at the end of the file."""
+        self._ends, self._next = self._ends_from(self._scanned_to), 0
+        if self._ends:
+            self._scanned_to = self._ends[-1]
+        return bool(self._ends)
 
-    def _ends_from(self, offset: int, wanted: int) -> list[int]:
-        """Offsets just after the next ``wanted`` record ends (fewer at the end of the file).
-        Reads a window at a time (never the whole file: memory stays flat)."""
-        found: list[int] = []
+    def _ends_from(self, offset: int) -> list[int]:
+        """Offsets just after each record that ends in the first window from ``offset`` (a
+        record boundary) holding one. A window at a time: memory stays flat."""
         window = self.WINDOW
-        while len(found) < wanted and offset < self._size:
+        while offset < self._size:
             chunk = np.frombuffer(self._read(offset, window), dtype=np.uint8)
             if not len(chunk):
                 break  # the file got shorter than it was
@@ -333,18 +388,15 @@ class _RecordLocator:
                 breaks = breaks[:-1]  # a CR at the window's edge may begin a CRLF
             quotes = np.flatnonzero(chunk == 34)
             breaks = breaks[np.searchsorted(quotes, breaks) % 2 == 0]
-            if len(breaks):
-                # CR LF is one line break: its CR is no record end of its own.
-                following = chunk[np.minimum(breaks + 1, len(chunk) - 1)]
-                is_crlf = (chunk[breaks] == 13) & (following == 10)
-                ends = (breaks[~is_crlf] + 1).tolist()
-                taken = ends[: wanted - len(found)]
-                found += [offset + end for end in taken]
-                offset += taken[-1]
-            elif at_end:
+            # CR LF is one line break: its CR is no record end of its own.
+            following = chunk[np.minimum(breaks + 1, len(chunk) - 1)]
+            ends = breaks[~((chunk[breaks] == 13) & (following == 10))] + 1
+            if len(ends):
+                return (ends + offset).tolist()
+            if at_end:
                 break
             window = min(2 * window, 1 << 24)
-        return found
+        return []
 
     def _read(self, offset: int, size: int) -> bytes:
         assert self._fd is not None
@@ -369,9 +421,7 @@ class _RecordLocator:
 def _layout(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """The UTF-8 bytes of all values back to back, and the ``n + 1`` value offsets into them."""
     buffers = column.buffers()
-    offsets = np.frombuffer(
-        buffers[1], dtype=np.int32, count=len(column) + 1, offset=column.offset * 4
-    )
+    offsets = _raw_offsets(column)
     start, end = int(offsets[0]), int(offsets[-1])
     if buffers[2] is None or end == start:
         return np.empty(0, dtype=np.uint8), offsets - start
@@ -379,9 +429,38 @@ def _layout(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets - start
 
 
-def _clean(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """``clean_text`` on every value, and the cleaned lengths in characters. The CR and
-    control-character passes run only when the batch's bytes hold such a character."""
+def _raw_offsets(column: pa.Array) -> np.ndarray:
+    return np.frombuffer(
+        column.buffers()[1], dtype=np.int32, count=len(column) + 1, offset=column.offset * 4
+    )
+
+
+def _sizes(column: pa.Array) -> np.ndarray:
+    """Every value's length in bytes, never less than its length in characters."""
+    return np.diff(_raw_offsets(column))
+
+
+def _fits(column: pa.Array, limit: int) -> np.ndarray:
+    """Values that are not empty and at most ``limit`` characters long; characters are only
+    counted when some value has more bytes than that."""
+    sizes = _sizes(column)
+    fits = sizes > 0
+    if sizes.max(initial=0) > limit:
+        fits &= pc.utf8_length(column).to_numpy(zero_copy_only=False) <= limit
+    return fits
+
+
+def _starts_with_space(column: pa.Array) -> np.ndarray:
+    data, offsets = _layout(column)
+    if not len(data):
+        return np.zeros(len(column), dtype=bool)
+    starts = offsets[:-1]
+    return (offsets[1:] > starts) & (data[np.minimum(starts, len(data) - 1)] == _SPACE)
+
+
+def _clean(column: pa.Array) -> pa.Array:
+    """``clean_text`` on every value. The CR and control-character passes run only when the
+    batch's bytes hold such a character."""
     data, _ = _layout(column)
     low_bytes = data[data < _SPACE].tobytes()
     if b"\r" in low_bytes:
@@ -389,73 +468,103 @@ def _clean(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
         column = pc.replace_substring(column, "\r", "\n")
     if len(low_bytes.translate(None, CONTROL_BYTES)) != len(low_bytes):
         column = pc.replace_substring_regex(column, _CONTROL_PATTERN, "")
-    column = pc.utf8_trim(column, _python_whitespace())
-    return column, pc.utf8_length(column).to_numpy(zero_copy_only=False)
+    return pc.utf8_trim(column, _python_whitespace())
 
 
-def _texts(column: pa.Array, lengths: np.ndarray) -> list[str]:
-    """The values as str: one decode for the batch, then slices by character offsets."""
-    data, _ = _layout(column)
-    text = data.tobytes().decode("utf-8")
-    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=bounds[1:])
-    edges = bounds.tolist()
-    return [text[start:end] for start, end in zip(edges, edges[1:], strict=False)]
+class _KeyColumn:
+    """``hash_key`` of every cleaned value of a column, done on the batch's bytes: ASCII
+    lowered, TAB and LF made spaces, other characters folded in place where that is exact
+    (``_foldable_in_place``). Cleaned values hold no CR, VT, FF or other C0 control and have
+    no whitespace at either end, so ``hash_key``'s special cases and final strip never apply
+    to them. Rows still holding a run of spaces, or a character only ``hash_key`` itself can
+    handle, are ``special``: ``key(row)`` gives their exact key, the batch blob does not."""
+
+    def __init__(self, column: pa.Array) -> None:
+        self.texts: list[str] = column.to_pylist()
+        data, offsets = _layout(pc.ascii_lower(column))
+        # Cleaning left TAB and LF as the only bytes below a space: both become one.
+        # (np.maximum with an array: with a scalar it takes 15 times longer.)
+        keys = np.maximum(data, np.full_like(data, _SPACE))
+        self.own_key_rows = _fold_non_ascii(keys, offsets)
+        self.blob, self.offsets = keys.tobytes(), offsets
+        self.space_run_rows = _rows_with_space_runs(keys, offsets)
+        self.special = self.own_key_rows | self.space_run_rows
+
+    def array(self) -> pa.Array:
+        return _binary_array(self.offsets, self.blob)
+
+    def key(self, row: int) -> bytes:
+        if row in self.own_key_rows:
+            return hash_key(self.texts[row])
+        key = self.blob[int(self.offsets[row]) : int(self.offsets[row + 1])]
+        return _SPACE_RUNS.sub(b" ", key) if row in self.space_run_rows else key
 
 
-def _hash_keys(column: pa.Array, texts: list[str], wanted: np.ndarray) -> list[bytes | None]:
-    """``hash_key`` of every cleaned value, done on the batch's bytes: ASCII lowered, other
-    characters folded in place where that is exact (``_foldable_in_place``), TAB and LF made
-    spaces, runs of spaces collapsed. Values with any other character go through ``hash_key``
-    itself. Cleaned values hold no CR, VT, FF or other C0 control and have no whitespace at
-    either end, so ``hash_key``'s special cases and final strip never apply to them."""
-    data, offsets = _layout(column)
-    blob = data.tobytes().lower().replace(b"\n", b" ").replace(b"\t", b" ")
-    own_key_rows: set[int] = set()
-    if not blob.isascii():
-        blob = _fold_non_ascii(blob, data, offsets, own_key_rows)
-    edges = offsets.tolist()
-    keys: list[bytes | None] = [
-        blob[start:end] for start, end in zip(edges, edges[1:], strict=False)
-    ]
-    spaces = np.frombuffer(blob, dtype=np.uint8) == _SPACE
+def _rows_with_space_runs(keys: np.ndarray, offsets: np.ndarray) -> set[int]:
+    spaces = keys == _SPACE
     doubled = np.flatnonzero(spaces[1:] & spaces[:-1])
-    for row in set(np.searchsorted(offsets, doubled, side="right").tolist()):
-        keys[row - 1] = _SPACE_RUNS.sub(b" ", keys[row - 1])
-    for row in own_key_rows:
-        keys[row] = hash_key(texts[row]) if wanted[row] else None
-    return keys
+    return set((np.searchsorted(offsets, doubled, side="right") - 1).tolist())
 
 
-def _fold_non_ascii(
-    blob: bytes, data: np.ndarray, offsets: np.ndarray, own_key_rows: set[int]
-) -> bytes:
-    non_ascii = data[data >= 0x80].tobytes().decode("utf-8")  # whole characters only
-    edges = offsets.tolist()
-    for char in set(non_ascii):
-        encoded = char.encode("utf-8")
+def _fold_non_ascii(keys: np.ndarray, offsets: np.ndarray) -> set[int]:
+    """Case-folds in place the characters ``_foldable_in_place`` allows, writing over their
+    bytes; returns the rows holding any other non-ASCII character (they need ``hash_key``).
+    Characters are found as code points computed from their bytes: no decoding, no pass over
+    the bytes per character."""
+    starts = np.flatnonzero(keys >= 0xC0)  # lead bytes (the input is valid UTF-8)
+    if not len(starts):
+        return set()
+    code_points = _code_points(keys, starts)
+    own_key_rows: set[int] = set()
+    for code in np.flatnonzero(np.bincount(code_points)).tolist():
+        char = chr(code)
+        if _foldable_in_place(char) and (folded := char.casefold()) == char:
+            continue
+        at = starts[code_points == code]
         if not _foldable_in_place(char):
-            own_key_rows.update(_rows_holding(blob, encoded, edges))
-        elif (folded := char.casefold()) != char:
-            blob = blob.replace(encoded, folded.encode("utf-8"))
-    return blob
+            own_key_rows.update((np.searchsorted(offsets, at, side="right") - 1).tolist())
+            continue
+        for index, byte in enumerate(folded.encode("utf-8")):
+            keys[at + index] = byte
+    return own_key_rows
 
 
-def _rows_holding(blob: bytes, needle: bytes, edges: list[int]) -> set[int]:
-    rows = set()
-    position = blob.find(needle)
-    while position != -1:
-        rows.add(bisect.bisect_right(edges, position) - 1)
-        position = blob.find(needle, position + 1)
-    return rows
+def _code_points(data: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The code point of the UTF-8 sequence beginning at each of ``starts``."""
+    last = len(data) - 1
+    lead = data[starts].astype(np.int32)
+    more = [data[np.minimum(starts + k, last)].astype(np.int32) & 0x3F for k in (1, 2, 3)]
+    two = ((lead & 0x1F) << 6) | more[0]
+    three = ((lead & 0x0F) << 12) | (more[0] << 6) | more[1]
+    four = ((lead & 0x07) << 18) | (more[0] << 12) | (more[1] << 6) | more[2]
+    return np.where(lead < 0xE0, two, np.where(lead < 0xF0, three, four))
 
 
-def _digests(question_keys: list, answer_keys: list) -> list[str | None]:
+def _binary_array(offsets: np.ndarray, data: bytes) -> pa.Array:
+    """Built from buffers, without copying; ``pa.array``/``pa.scalar`` would import pandas
+    (0.3 s or more, per process) to check the input's type."""
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    return pa.Array.from_buffers(pa.binary(), len(offsets) - 1, buffers)
+
+
+_SEPARATOR = _binary_array(np.array([0, 1], dtype=np.int32), HASH_SEPARATOR_BYTES)[0]
+
+
+def _digests(questions: _KeyColumn, answers: _KeyColumn, wanted: np.ndarray) -> list[str | None]:
+    """``content_hash`` of every record: the keys are joined by pyarrow, one SHA-256 a record
+    over a slice of the joined bytes. Special rows are hashed again from their exact keys."""
+    joined = pc.binary_join_element_wise(questions.array(), answers.array(), _SEPARATOR)
+    data, offsets = _layout(joined)
+    blob, edges = data.tobytes(), offsets.tolist()
     sha256 = hashlib.sha256
-    separator = HASH_SEPARATOR_BYTES
-    return [
-        sha256(question + separator + answer).hexdigest()
-        if question is not None and answer is not None
-        else None
-        for question, answer in zip(question_keys, answer_keys, strict=True)
+    digests: list[str | None] = [
+        sha256(blob[start:end]).hexdigest() for start, end in zip(edges, edges[1:], strict=False)
     ]
+    separator = HASH_SEPARATOR_BYTES
+    for row in questions.special | answers.special:
+        digests[row] = (
+            sha256(questions.key(row) + separator + answers.key(row)).hexdigest()
+            if wanted[row]
+            else None
+        )
+    return digests
