@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from helix_pipelines.core.adaptive import AdaptiveBatchSize  # noqa: E402
 from helix_pipelines.core.parsing import open_source  # noqa: E402
 from helix_pipelines.db import jobs, migrate  # noqa: E402
-from helix_pipelines.db.batches import PAIR_COLUMNS, PAIR_TYPES  # noqa: E402
+from helix_pipelines.db.batches import PAIR_COLUMNS  # noqa: E402
 from helix_pipelines.db.embedded import EmbeddedPostgres  # noqa: E402
 from helix_pipelines.db.engine import create_app_engine, ensure_database  # noqa: E402
 from helix_pipelines.pipeline.importing import ImportOptions, import_file  # noqa: E402
@@ -55,6 +55,7 @@ MEMORY_TARGET = 1.25
 FLAT_TARGET = 1.05
 FIXED_SIZES = (50, 500, 5_000, 20_000)
 COPY_BATCH = 10_000
+PAIR_TYPES = ("uuid", "int4", "text", "text", "text", "text")  # PAIR_COLUMNS
 DIM = 384
 
 

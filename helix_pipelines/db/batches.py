@@ -13,11 +13,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from helix_pipelines.core.normalize import printable_excerpt
-from helix_pipelines.core.parsing import Pair, RowError
+from helix_pipelines.core.parsing import RowError
+from helix_pipelines.core.parsing.pair_block import PairBlock
+from helix_pipelines.db import pair_copy
 from helix_pipelines.db.jobs import lock_owned_job, merge_jsonb
 from helix_pipelines.db.schema import import_job
 
@@ -25,8 +28,7 @@ from helix_pipelines.db.schema import import_job
 # with the same pair cannot both insert it.
 DEDUPE_LOCK_ID = 72110002
 
-PAIR_COLUMNS = "import_job_id, source_row, question, answer, category, content_hash"
-PAIR_TYPES = ("uuid", "int4", "text", "text", "text", "text")
+PAIR_COLUMNS = pair_copy.COLUMNS
 ERROR_COLUMNS = "import_job_id, source_row, error_code, message, raw_excerpt"
 
 Hook = Callable[[str], None]
@@ -34,10 +36,17 @@ Hook = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Batch:
-    pairs: Sequence[Pair]
+    """Consecutive records of a file: its pairs as columns (a list of Pairs is turned into a
+    PairBlock) and its row errors, from ``first_source_row`` to ``last_source_row``."""
+
+    pairs: PairBlock
     errors: Sequence[RowError]
     first_source_row: int
     last_source_row: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pairs, PairBlock):
+            object.__setattr__(self, "pairs", PairBlock.of(list(self.pairs)))
 
     @property
     def rows(self) -> int:
@@ -45,7 +54,7 @@ class Batch:
 
     def split(self) -> tuple[Batch, Batch]:
         """Two halves by source row, for a batch that missed its deadline."""
-        rows = sorted([*(p.source_row for p in self.pairs), *(e.source_row for e in self.errors)])
+        rows = sorted([*self.pairs.source_rows.tolist(), *(e.source_row for e in self.errors)])
         middle = rows[len(rows) // 2 - 1]
         return (
             self._between(self.first_source_row, middle),
@@ -53,8 +62,9 @@ class Batch:
         )
 
     def _between(self, first: int, last: int) -> Batch:
+        rows = self.pairs.source_rows
         return Batch(
-            pairs=[p for p in self.pairs if first <= p.source_row <= last],
+            pairs=self.pairs.take(np.flatnonzero((rows >= first) & (rows <= last))),
             errors=[e for e in self.errors if first <= e.source_row <= last],
             first_source_row=first,
             last_source_row=last,
@@ -106,13 +116,14 @@ def commit_batch(
     return outcome
 
 
-def _split_duplicates(conn: Connection, pairs: Sequence[Pair]) -> tuple[list[Pair], list[Pair]]:
-    """(new pairs, duplicates): a duplicate's content already exists anywhere, or earlier in
-    this batch."""
+def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, list[tuple]]:
+    """(new pairs, (source_row, content_hash) of the duplicates): a duplicate's content
+    already exists anywhere, or earlier in this batch."""
     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(DEDUPE_LOCK_ID)))
+    hashes = pairs.content_hashes
     # One array literal as text: psycopg dumps a Python list element by element, which cost as
     # much as the COPY itself. Hex hashes need no quoting inside '{...}'.
-    hashes = "{" + ",".join({p.content_hash for p in pairs}) + "}"
+    literal = "{" + ",".join(set(hashes)) + "}"
     # While a table fills faster than autovacuum analyses it, the planner believes it is small
     # and scans it whole for every batch: quadratic in the import. Thousands of probes into an
     # index are right at any size.
@@ -120,46 +131,49 @@ def _split_duplicates(conn: Connection, pairs: Sequence[Pair]) -> tuple[list[Pai
     seen = set(
         conn.exec_driver_sql(
             "SELECT content_hash FROM qa_pair WHERE content_hash = ANY(%s::text[])",
-            (hashes,),
+            (literal,),
         ).scalars()
     )
-    unique, duplicates = [], []
-    for pair in pairs:
-        if pair.content_hash in seen:
-            duplicates.append(pair)
+    if not seen and len(set(hashes)) == len(hashes):
+        return pairs, []  # the usual batch: nothing to drop
+    keep, duplicates = [], []
+    rows = pairs.source_rows.tolist()
+    for position, digest in enumerate(hashes):
+        if digest in seen:
+            duplicates.append((rows[position], digest))
         else:
-            seen.add(pair.content_hash)
-            unique.append(pair)
-    return unique, duplicates
+            seen.add(digest)
+            keep.append(position)
+    return pairs.take(np.array(keep, dtype=np.int64)), duplicates
 
 
-def _record_duplicates(conn: Connection, job_id: uuid.UUID, duplicates: Sequence[Pair]) -> None:
+def _record_duplicates(conn: Connection, job_id: uuid.UUID, duplicates: list[tuple]) -> None:
     """Each skipped row with the pair it matched (the earliest with its content), so a rollback
     of the import that created that pair can hand it over instead of deleting it."""
     if not duplicates:
         return
     # min(p.id + 0), not min(p.id): the planner would answer min(id) by walking the primary key
     # from its start until a row has the hash, a scan of the whole import for every duplicate.
+    rows, hashes = (list(column) for column in zip(*duplicates, strict=True))
     conn.exec_driver_sql(
         "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
         "SELECT %s, d.source_row, "
         "(SELECT min(p.id + 0) FROM qa_pair p WHERE p.content_hash = d.hash) "
         "FROM unnest(%s::int[], %s::text[]) AS d(source_row, hash) "
         "ON CONFLICT DO NOTHING",
-        (job_id, [p.source_row for p in duplicates], [p.content_hash for p in duplicates]),
+        (job_id, rows, hashes),
     )
 
 
-def _copy_pairs(conn: Connection, job_id: uuid.UUID, pairs: Sequence[Pair]) -> None:
-    if not pairs:
+def _copy_pairs(conn: Connection, job_id: uuid.UUID, pairs: PairBlock) -> None:
+    if not len(pairs):
         return
-    # Binary: no escaping of backslashes, tabs and line breaks on either side; a third of the
-    # client's CPU of text COPY, which the parser thread needs (bench/import.py).
+    # Binary, built from the pairs' columns (db.pair_copy): no escaping on either side and no
+    # Python call per pair, so the writer leaves the GIL to the parser thread.
     cursor = conn.connection.driver_connection.cursor()
-    with cursor.copy(f"COPY qa_pair ({PAIR_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(PAIR_TYPES)
-        for p in pairs:
-            copy.write_row((job_id, p.source_row, p.question, p.answer, p.category, p.content_hash))
+    with cursor.copy(f"COPY qa_pair ({pair_copy.COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(pair_copy.SIGNATURE)
+        copy.write(pair_copy.copy_rows(job_id, pairs))
 
 
 def _copy_errors(conn: Connection, job_id: uuid.UUID, errors: Sequence[RowError]) -> None:

@@ -24,6 +24,7 @@ from helix_pipelines.core.parsing import (
     RowError,
     open_source,
 )
+from helix_pipelines.core.parsing.pair_block import PairBlock
 from helix_pipelines.core.read_ahead import ReadAhead
 from helix_pipelines.core.retry import RetryBudget, retrying
 from helix_pipelines.db import jobs
@@ -284,43 +285,76 @@ class _Batches:
         self.damage: FileUnreadable | None = None
 
     def __iter__(self) -> Iterator[Batch]:
-        rows: list[Pair | RowError] = []
-        start, last = 0, self.next_row - 1
+        pending: list = []  # the records not yet handed out, as the chunks hold them
+        count, last = 0, self.next_row - 1
         try:
             for chunk in self.chunks:
                 self.read_any = True
-                rows = rows[start:] + sorted([*chunk.pairs, *chunk.errors], key=_source_row)
-                start, last = 0, chunk.last_source_row
+                pending += chunk.items
+                count += chunk.records
+                last = chunk.last_source_row
                 budget = _rows_within(self.text_budget, chunk)
-                while len(rows) - start >= min(self.sizer.current, budget):
-                    taken = rows[start : start + min(self.sizer.current, budget)]
-                    start += len(taken)
-                    yield self._cut(taken, taken[-1].source_row)
+                while count >= (size := min(self.sizer.current, budget)):
+                    taken, pending = _take_records(pending, size)
+                    count -= size
+                    yield self._cut(taken, _last_row(taken[-1]))
         except FileUnreadable as exc:
             self.damage = exc  # the rows read before it are still handed out below
         if last >= self.next_row:
-            yield self._cut(rows[start:], last)
+            yield self._cut(pending, last)
 
-    def _cut(self, rows: list[Pair | RowError], last: int) -> Batch:
-        batch = _batch_of(rows, self.next_row, last)
+    def _cut(self, items: list, last: int) -> Batch:
+        batch = _batch_of(items, self.next_row, last)
         self.next_row = last + 1
         return batch
 
 
 def _rows_within(text_budget: int, chunk: Chunk) -> int:
-    """How many rows like the chunk's pairs hold ``text_budget`` characters."""
-    chars = sum(len(p.question) + len(p.answer) for p in chunk.pairs)
-    return max(1, text_budget * len(chunk.pairs) // chars) if chars else text_budget
+    """How many rows like the chunk's pairs hold ``text_budget`` characters (bytes of UTF-8,
+    for pairs kept as columns)."""
+    pairs = chars = 0
+    for item in chunk.items:
+        if type(item) is Pair:
+            pairs, chars = pairs + 1, chars + len(item.question) + len(item.answer)
+        elif type(item) is not RowError:
+            pairs, chars = pairs + len(item), chars + item.text_bytes()
+    return max(1, text_budget * pairs // chars) if chars else text_budget
 
 
-def _source_row(row: Pair | RowError) -> int:
-    return row.source_row
+def _take_records(items: list, wanted: int) -> tuple[list, list]:
+    """The first ``wanted`` records of ``items`` and the rest; a PairBlock may be cut."""
+    taken: list = []
+    for position, item in enumerate(items):
+        size = 1 if type(item) in (Pair, RowError) else len(item)
+        if size > wanted:
+            return [*taken, item[:wanted]], [item[wanted:], *items[position + 1 :]]
+        taken.append(item)
+        wanted -= size
+        if wanted == 0:
+            return taken, items[position + 1 :]
+    return taken, []
 
 
-def _batch_of(rows: list[Pair | RowError], first: int, last: int) -> Batch:
-    pairs = [r for r in rows if type(r) is Pair]
-    errors = [r for r in rows if type(r) is not Pair]
-    return Batch(pairs, errors, first, last)
+def _last_row(item) -> int:
+    return item.source_row if type(item) in (Pair, RowError) else int(item.source_rows[-1])
+
+
+def _batch_of(items: list, first: int, last: int) -> Batch:
+    """Pairs stay in file order (the first of two equal pairs in a batch is the one kept)."""
+    blocks, loose, errors = [], [], []
+    for item in items:
+        if type(item) is RowError:
+            errors.append(item)
+        elif type(item) is Pair:
+            loose.append(item)
+        else:
+            if loose:
+                blocks.append(PairBlock.of(loose))
+                loose = []
+            blocks.append(item)
+    if loose:
+        blocks.append(PairBlock.of(loose))
+    return Batch(PairBlock.joined(blocks), errors, first, last)
 
 
 class FilePosition:

@@ -58,11 +58,55 @@ class RowError:
     raw_excerpt: str
 
 
-@dataclass
 class Chunk:
-    pairs: list[Pair]
-    errors: list[RowError]
-    last_source_row: int
+    """Records in file order. ``items`` holds them as read: Pairs, RowErrors and blocks of
+    pairs kept as columns (``PairBlock``, from the CSV fast path); ``pairs`` turns the blocks
+    into Pair objects, for callers that want a list."""
+
+    def __init__(
+        self,
+        pairs: list[Pair] | None,
+        errors: list[RowError],
+        last_source_row: int,
+        items: list | None = None,
+    ) -> None:
+        self.errors = errors
+        self.last_source_row = last_source_row
+        self._pairs = pairs
+        if items is None:
+            items = sorted([*(pairs or []), *errors], key=source_row_of)
+        self.items = items
+
+    @property
+    def pairs(self) -> list[Pair]:
+        if self._pairs is None:
+            pairs: list[Pair] = []
+            for item in self.items:
+                if type(item) is Pair:
+                    pairs.append(item)
+                elif type(item) is not RowError:
+                    pairs.extend(item.pairs())
+            self._pairs = pairs
+        return self._pairs
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Chunk):
+            return NotImplemented
+        mine = (self.pairs, self.errors, self.last_source_row)
+        return mine == (other.pairs, other.errors, other.last_source_row)
+
+    __hash__ = None  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        return f"Chunk({self.records} records to row {self.last_source_row})"
+
+    @property
+    def records(self) -> int:
+        return sum(1 if type(item) in (Pair, RowError) else len(item) for item in self.items)
+
+
+def source_row_of(record: Pair | RowError) -> int:
+    return record.source_row
 
 
 class FileUnreadable(Exception):
@@ -163,14 +207,16 @@ class ChunkBuilder:
     def __init__(self, summary: ParseSummary, chunk_rows: int) -> None:
         self.summary = summary
         self.chunk_rows = max(1, chunk_rows)
-        self.pairs: list[Pair] = []
+        self.items: list = []  # Pairs, RowErrors and PairBlocks in file order
         self.errors: list[RowError] = []
+        self.records = 0
         self.last_source_row = 0
 
     def add(self, row: Pair | RowError) -> None:
         self.summary.rows_seen += 1
+        self.items.append(row)
+        self.records += 1
         if type(row) is Pair:
-            self.pairs.append(row)
             self.summary.pairs += 1
         else:
             self.errors.append(row)
@@ -178,27 +224,29 @@ class ChunkBuilder:
             counts[row.error_code] = counts.get(row.error_code, 0) + 1
         self.last_source_row = row.source_row
 
-    def add_block(self, rows: list[Pair | RowError | int]) -> Iterator[Chunk]:
-        """Add a reader's block of results, yielding each chunk it fills. A block of pairs only
-        (the usual one) is cut by slicing, without a Python call per row."""
-        if any(type(row) is not Pair for row in rows):
-            for row in rows:
-                if type(row) is int:
-                    self.skip_blank(row)
-                    continue
+    def add_block(self, rows: list) -> Iterator[Chunk]:
+        """Add a reader's block of results (Pairs, RowErrors, blank record numbers and
+        PairBlocks), yielding each chunk it fills. A PairBlock is cut by slicing its columns."""
+        for row in rows:
+            kind = type(row)
+            if kind is int:
+                self.skip_blank(row)
+            elif kind is Pair or kind is RowError:
                 self.add(row)
                 if self.full():
                     yield self.take()
-            return
-        start = 0
-        while start < len(rows):
-            room = self.chunk_rows - len(self.pairs) - len(self.errors)
-            part = rows[start : start + room]
-            self.pairs.extend(part)
+            else:
+                yield from self._add_pairs(row)
+
+    def _add_pairs(self, block) -> Iterator[Chunk]:
+        while len(block):
+            part = block[: self.chunk_rows - self.records]
+            self.items.append(part)
+            self.records += len(part)
             self.summary.rows_seen += len(part)
             self.summary.pairs += len(part)
-            self.last_source_row = part[-1].source_row
-            start += len(part)
+            self.last_source_row = int(part.source_rows[-1])
+            block = block[len(part) :]
             if self.full():
                 yield self.take()
 
@@ -206,15 +254,15 @@ class ChunkBuilder:
         self.last_source_row = source_row
 
     def full(self) -> bool:
-        return len(self.pairs) + len(self.errors) >= self.chunk_rows
+        return self.records >= self.chunk_rows
 
     def take(self) -> Chunk:
-        chunk = Chunk(self.pairs, self.errors, self.last_source_row)
-        self.pairs, self.errors = [], []
+        chunk = Chunk(None, self.errors, self.last_source_row, items=self.items)
+        self.items, self.errors, self.records = [], [], 0
         return chunk
 
     def has_rows(self) -> bool:
-        return bool(self.pairs or self.errors)
+        return self.records > 0
 
 
 class SourceFile:

@@ -13,7 +13,6 @@ import csv
 import functools
 import hashlib
 import io
-import itertools
 import os
 import re
 import sys
@@ -28,6 +27,7 @@ import pyarrow.csv as pa_csv
 
 from helix_pipelines.core.normalize import CONTROL_BYTES, HASH_SEPARATOR_BYTES, hash_key
 from helix_pipelines.core.parsing.base import Pair, RowError
+from helix_pipelines.core.parsing.pair_block import PairBlock
 
 if TYPE_CHECKING:
     from helix_pipelines.core.parsing.csv_reader import DelimitedSource
@@ -202,9 +202,9 @@ class _BatchChecker:
         if skip == end:
             return [], unsure_at
         columns = [column.slice(skip, end - skip) for column in columns]
-        rows = self._results(columns, first_row + skip)
-        if len(rows) < end - skip:
-            return rows, skip + len(rows)
+        rows, records = self._results(columns, first_row + skip)
+        if records < end - skip:
+            return rows, skip + records
         return rows, unsure_at
 
     def _first_unsure_record(self, columns: list[pa.Array]) -> int | None:
@@ -240,49 +240,41 @@ class _BatchChecker:
             or (2 * widest + 3 * len(columns) + 2 > self.line_limit).any()
         )
 
-    def _results(self, columns: list[pa.Array], first_row: int) -> list[Pair | RowError | int]:
-        """One result per record, stopping short before a record only the exact reader can
-        judge."""
+    def _results(self, columns: list[pa.Array], first_row: int) -> tuple[list, int]:
+        """The results in order, stopping short before a record only the exact reader can
+        judge, and how many records they cover. Plain pairs stay columns (PairBlock): no
+        Python object is made for them here."""
         question_index, answer_index, category_index = self.indexes
         questions = _clean(columns[question_index])
         answers = _clean(columns[answer_index])
         fine = _fits(questions, self.max_question) & _fits(answers, self.max_answer)
-        question_keys, answer_keys = _KeyColumn(questions), _KeyColumn(answers)
-        question_texts, answer_texts = question_keys.texts, answer_keys.texts
+        digests = _digests(_KeyColumn(questions), _KeyColumn(answers), fine)
+        rows = np.arange(first_row, first_row + len(fine), dtype=np.int64)
         categories = self._categories(columns, category_index)
-        digests = _digests(question_keys, answer_keys, fine)
-        if fine.all():  # the usual batch: no Python loop of our own
-            rows = range(first_row, first_row + len(fine))
-            fields = zip(rows, question_texts, answer_texts, categories, digests, strict=True)
-            # tuple.__new__ builds each Pair in C; Pair(...) would run its Python __new__.
-            return list(map(tuple.__new__, itertools.repeat(Pair), fields))
-        out: list[Pair | RowError | int] = []
-        for position, ok in enumerate(fine.tolist()):
-            if ok:
-                out.append(
-                    Pair(
-                        first_row + position,
-                        question_texts[position],
-                        answer_texts[position],
-                        categories[position],
-                        digests[position],
-                    )
-                )
-            else:
-                result = self._exact_check(columns, position, first_row)
-                if result is None:
-                    break
-                out.append(result)
-        return out
+        block = PairBlock(rows, questions, answers, categories, digests)
+        if fine.all():  # the usual batch
+            return [block], len(block)
+        out: list[PairBlock | Pair | RowError | int] = []
+        start = 0
+        for position in np.flatnonzero(~fine).tolist():
+            if position > start:
+                out.append(block[start:position])
+            result = self._exact_check(columns, position, first_row)
+            if result is None:
+                return out, position
+            out.append(result)
+            start = position + 1
+        if start < len(block):
+            out.append(block[start:])
+        return out, len(block)
 
-    def _categories(self, columns: list[pa.Array], index: int | None) -> list[str | None]:
+    def _categories(self, columns: list[pa.Array], index: int | None) -> pa.Array:
+        """Cleaned categories; an empty one means none."""
         if index is None:
-            return [None] * len(columns[0])
-        cleaned = _clean(columns[index])
-        texts = cleaned.to_pylist()
-        if _sizes(cleaned).all():
-            return texts
-        return [text or None for text in texts]
+            empty = np.zeros(len(columns[0]) + 1, dtype=np.int32)
+            buffers = [None, pa.py_buffer(empty), pa.py_buffer(b"")]
+            return pa.Array.from_buffers(pa.string(), len(columns[0]), buffers)
+        return _clean(columns[index])
 
     def _exact_check(
         self, columns: list[pa.Array], position: int, first_row: int
@@ -480,7 +472,7 @@ class _KeyColumn:
     handle, are ``special``: ``key(row)`` gives their exact key, the batch blob does not."""
 
     def __init__(self, column: pa.Array) -> None:
-        self.texts: list[str] = column.to_pylist()
+        self.column = column
         data, offsets = _layout(pc.ascii_lower(column))
         # Cleaning left TAB and LF as the only bytes below a space: both become one.
         # (np.maximum with an array: with a scalar it takes 15 times longer.)
@@ -495,7 +487,7 @@ class _KeyColumn:
 
     def key(self, row: int) -> bytes:
         if row in self.own_key_rows:
-            return hash_key(self.texts[row])
+            return hash_key(self.column[row].as_py())
         key = self.blob[int(self.offsets[row]) : int(self.offsets[row + 1])]
         return _SPACE_RUNS.sub(b" ", key) if row in self.space_run_rows else key
 

@@ -1,0 +1,121 @@
+"""Pairs kept as Arrow columns: the CSV fast path's pairs travel to the database like this, so
+an import builds no Python object per pair (docs/parsing.md, "Fast path").
+
+A block holds consecutive records of one file, in order. ``pairs()`` turns it into ``Pair``
+objects for whoever wants them (tests, other readers' code paths); the import never does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from helix_pipelines.core.parsing.base import Pair
+
+
+def utf8_array(texts: Sequence[str]) -> pa.Array:
+    """A string array of ``texts`` built from its buffers: ``pa.array`` would import pandas
+    (0.3 s or more, once per process) to check the input's type."""
+    encoded = [text.encode("utf-8") for text in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum([len(value) for value in encoded], out=offsets[1:])
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(pa.string(), len(encoded), buffers)
+
+
+def value_sizes(array: pa.Array) -> np.ndarray:
+    """Every value's length in bytes (at least its length in characters)."""
+    offsets = np.frombuffer(
+        array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4
+    )
+    return np.diff(offsets)
+
+
+class PairBlock:
+    """``source_rows`` (int64), cleaned ``questions``, ``answers`` and ``categories`` (string
+    arrays without nulls; an empty category means none) and the ``content_hashes``."""
+
+    __slots__ = ("source_rows", "questions", "answers", "categories", "content_hashes")
+
+    def __init__(
+        self,
+        source_rows: np.ndarray,
+        questions: pa.Array,
+        answers: pa.Array,
+        categories: pa.Array,
+        content_hashes: list[str],
+    ) -> None:
+        self.source_rows = source_rows
+        self.questions, self.answers, self.categories = questions, answers, categories
+        self.content_hashes = content_hashes
+
+    @classmethod
+    def of(cls, pairs: Sequence[Pair]) -> PairBlock:
+        return cls(
+            np.array([p.source_row for p in pairs], dtype=np.int64),
+            utf8_array([p.question for p in pairs]),
+            utf8_array([p.answer for p in pairs]),
+            utf8_array([p.category or "" for p in pairs]),
+            [p.content_hash for p in pairs],
+        )
+
+    @classmethod
+    def joined(cls, blocks: Iterable[PairBlock]) -> PairBlock:
+        blocks = [block for block in blocks if len(block)]
+        if len(blocks) == 1:
+            return blocks[0]
+        if not blocks:
+            return cls.of([])
+        return cls(
+            np.concatenate([b.source_rows for b in blocks]),
+            pa.concat_arrays([b.questions for b in blocks]),
+            pa.concat_arrays([b.answers for b in blocks]),
+            pa.concat_arrays([b.categories for b in blocks]),
+            [digest for b in blocks for digest in b.content_hashes],
+        )
+
+    def __len__(self) -> int:
+        return len(self.content_hashes)
+
+    def __getitem__(self, rows: slice) -> PairBlock:
+        start, stop, _ = rows.indices(len(self))
+        return PairBlock(
+            self.source_rows[start:stop],
+            self.questions.slice(start, stop - start),
+            self.answers.slice(start, stop - start),
+            self.categories.slice(start, stop - start),
+            self.content_hashes[start:stop],
+        )
+
+    def take(self, positions: np.ndarray) -> PairBlock:
+        """The pairs at ``positions`` (ascending), in that order."""
+        if len(positions) == len(self):
+            return self
+        indices = pa.py_buffer(np.asarray(positions, dtype=np.int64))
+        taken = pa.Array.from_buffers(pa.int64(), len(positions), [None, indices])
+        hashes = self.content_hashes
+        return PairBlock(
+            self.source_rows[positions],
+            self.questions.take(taken),
+            self.answers.take(taken),
+            self.categories.take(taken),
+            [hashes[position] for position in positions.tolist()],
+        )
+
+    def text_bytes(self) -> int:
+        """Bytes of question and answer text (what the batch budget counts)."""
+        return int(value_sizes(self.questions).sum() + value_sizes(self.answers).sum())
+
+    def pairs(self) -> list[Pair]:
+        categories = [text or None for text in self.categories.to_pylist()]
+        fields = zip(
+            self.source_rows.tolist(),
+            self.questions.to_pylist(),
+            self.answers.to_pylist(),
+            categories,
+            self.content_hashes,
+            strict=True,
+        )
+        return [Pair(*values) for values in fields]
