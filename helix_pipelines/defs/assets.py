@@ -3,7 +3,6 @@
 import contextlib
 import warnings
 
-import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -175,7 +174,7 @@ def qa_pairs(
         context.log_event(check_evaluation(QA_PAIRS, accounting, context.partition_key))
         raise terminal_failure(report.job.last_error or "the file could not be read")
     return MaterializeResult(
-        metadata=import_metadata(report, first_errors_frame(engine, job.id, ROW_ERRORS_SHOWN)),
+        metadata=import_metadata(report, first_row_errors(engine, report.job)),
         check_results=[check_result(accounting)],
         tags={"helix/format": report.job.format or "unknown"},
     )
@@ -187,7 +186,15 @@ def terminal_failure(description: str) -> Failure:
     return Failure(description=description, allow_retries=False, metadata={TERMINAL: True})
 
 
-def import_metadata(report: ImportReport, first_errors: pd.DataFrame | None = None) -> dict:
+def first_row_errors(engine, job: jobs.Job) -> list[dict]:
+    """The first rejected rows, for the UI. A job without any (its counter and its rows are
+    committed together) skips the query and pandas, half a second of every CLI import."""
+    if not job.row_errors:
+        return []
+    return first_errors_frame(engine, job.id, ROW_ERRORS_SHOWN).to_dict("records")
+
+
+def import_metadata(report: ImportReport, first_errors: list[dict] | None = None) -> dict:
     job = report.job
     summary = report.summary or (job.checkpoint_data or {}).get("summary") or {}
     metadata = {
@@ -268,8 +275,8 @@ ROW_ERROR_SCHEMA = TableSchema(
 )
 
 
-def row_error_table(frame: pd.DataFrame) -> MetadataValue:
-    records = [TableRecord(record) for record in frame.to_dict("records")]
+def row_error_table(rows: list[dict]) -> MetadataValue:
+    records = [TableRecord(record) for record in rows]
     return MetadataValue.table(records=records, schema=ROW_ERROR_SCHEMA)
 
 

@@ -20,8 +20,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import openai
-
 from helix_pipelines.core.redact import redact
 from helix_pipelines.embedding.base import TransientEmbeddingError
 
@@ -99,6 +97,8 @@ class LineResult:
 class BatchClient:
     def __init__(self, *, api_key: str, base_url: str | None, timeout_s: float = 120.0) -> None:
         self._secret = api_key
+        import openai  # here, not at module level: half a second that only API users pay
+
         self._client = openai.OpenAI(
             api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s
         )
@@ -149,6 +149,8 @@ class BatchClient:
         yield from self._client.batches.list(limit=100)
 
     def _call(self, call):
+        import openai  # loaded by __init__ already
+
         try:
             return call()
         except openai.APIStatusError as exc:

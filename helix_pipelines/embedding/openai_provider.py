@@ -16,10 +16,9 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import openai
 
 from helix_pipelines.core.errors import Blocker, blocker
 from helix_pipelines.core.redact import redact
@@ -33,6 +32,9 @@ from helix_pipelines.embedding.base import (
     RateLimitInfo,
     TransientEmbeddingError,
 )
+
+if TYPE_CHECKING:
+    import openai
 
 _TRANSIENT_STATUSES = frozenset({408, 409, 425, 429})
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -58,6 +60,8 @@ class OpenAIProvider:
         self.timeout_s = timeout_s
         self._send_dimensions = send_dimensions
         self._secret = api_key
+        import openai  # here, not at module level: half a second that only API users pay
+
         self._client = openai.OpenAI(
             api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s
         )
@@ -82,6 +86,8 @@ class OpenAIProvider:
         self._client.close()
 
     def _post(self, inputs: list[str]) -> Any:
+        import openai  # loaded by __init__ already
+
         extra: dict[str, Any] = {"dimensions": self.dim} if self._send_dimensions else {}
         try:
             return self._client.embeddings.with_raw_response.create(

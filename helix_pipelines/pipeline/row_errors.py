@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from helix_pipelines.db.schema import import_row_error as t
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = ["source_row", "error_code", "message", "raw_excerpt"]
 # Control characters shown as escapes, so a cell stays one line and shows what was there.
@@ -33,6 +36,8 @@ def first_errors_frame(engine: Engine, job_id: uuid.UUID, limit: int = 20) -> pd
 def write_errors_csv(engine: Engine, job_id: uuid.UUID, path: Path, chunk_rows=10_000) -> int:
     """Every rejected row of a job into a CSV file (excerpts as stored); returns the count.
     Read in chunks: memory stays flat whatever the number of errors."""
+    import pandas as pd  # here: half a second of start-up that only callers pay
+
     written = 0
     with engine.connect() as conn:
         chunks = pd.read_sql_query(
@@ -47,6 +52,8 @@ def write_errors_csv(engine: Engine, job_id: uuid.UUID, path: Path, chunk_rows=1
 
 
 def _read(engine: Engine, job_id: uuid.UUID, limit: int) -> pd.DataFrame:
+    import pandas as pd  # here: half a second of start-up that only callers pay
+
     with engine.connect() as conn:
         frame = pd.read_sql_query(_query(job_id, limit), conn)
     return frame.reindex(columns=COLUMNS)

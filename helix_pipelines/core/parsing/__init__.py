@@ -25,7 +25,6 @@ from helix_pipelines.core.parsing.csv_reader import DelimitedSource
 from helix_pipelines.core.parsing.detect import sniff
 from helix_pipelines.core.parsing.json_reader import JsonSource
 from helix_pipelines.core.parsing.jsonl_reader import JsonLinesSource
-from helix_pipelines.core.parsing.xlsx_reader import WorkbookSource
 
 __all__ = [
     "ERROR_CODES",
@@ -55,6 +54,9 @@ def open_source(
     name = display_name or path.name
     sniffed = sniff(path, name, options)
     if sniffed.file_format == "xlsx":
+        # Here: openpyxl costs a tenth of a second that only workbooks need.
+        from helix_pipelines.core.parsing.xlsx_reader import WorkbookSource
+
         return WorkbookSource(path, name, options)
     if sniffed.file_format == "json":
         return JsonSource(path, name, options, sniffed)
