@@ -13,13 +13,15 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn
-from rich.table import Column
+from typing import TYPE_CHECKING
 
 from helix_pipelines.core.progress import Meter, format_bytes, format_duration
 from helix_pipelines.db import jobs
+
+if TYPE_CHECKING:  # rich itself loads with the first bar: `--json` and pipes never need it
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+    from rich.table import Column
 
 POLL_S = 0.25
 
@@ -31,6 +33,8 @@ def wanted(as_json: bool) -> bool:
 
 def _progress(console: Console) -> Progress:
     """Name, percent and bar first, never dropped: on a narrow terminal only the detail is cut."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
     return Progress(
         TextColumn("{task.description}", table_column=_fixed(max_width=34)),
         TextColumn("{task.percentage:>5.1f}%", table_column=_fixed(min_width=6)),
@@ -44,6 +48,8 @@ def _progress(console: Console) -> Progress:
 
 
 def _fixed(**width) -> Column:
+    from rich.table import Column
+
     return Column(no_wrap=True, overflow="ellipsis", **width)
 
 
@@ -51,6 +57,8 @@ def _fixed(**width) -> Column:
 def _terminal() -> Iterator[Console]:
     """A console on a copy of the terminal's stderr: while a step runs, Dagster's compute log
     capture points file descriptors 1 and 2 at its log files, which would swallow the bar."""
+    from rich.console import Console
+
     sys.stderr.flush()
     with os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1) as stream:
         yield Console(file=stream)
