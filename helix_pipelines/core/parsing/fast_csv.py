@@ -215,7 +215,7 @@ class _BatchChecker:
         if self._may_be_too_long(columns):
             widest = np.zeros(len(columns[0]), dtype=np.int64)
             for column in columns:
-                lengths = pc.utf8_length(column).to_numpy(zero_copy_only=False)
+                lengths = _numpy(pc.utf8_length(column))
                 unsure |= lengths > self.max_field
                 widest += lengths
             # Raw record length is at most twice its text (doubled quotes) plus quotes and
@@ -223,10 +223,10 @@ class _BatchChecker:
             unsure |= 2 * widest + 3 * len(columns) + 2 > self.line_limit
         for column in columns:
             if column.null_count:
-                unsure |= column.is_null().to_numpy(zero_copy_only=False)
+                unsure |= _numpy(column.is_null())
             if _starts_with_space(column).any():
                 quoted = pc.match_substring_regex(column, _SPACES_THEN_QUOTE)
-                unsure |= quoted.to_numpy(zero_copy_only=False)
+                unsure |= _numpy(quoted)
         hits = np.flatnonzero(unsure)
         return int(hits[0]) if len(hits) else None
 
@@ -438,7 +438,7 @@ def _fits(column: pa.Array, limit: int) -> np.ndarray:
     sizes = _sizes(column)
     fits = sizes > 0
     if sizes.max(initial=0) > limit:
-        fits &= pc.utf8_length(column).to_numpy(zero_copy_only=False) <= limit
+        fits &= _numpy(pc.utf8_length(column)) <= limit
     return fits
 
 
@@ -530,6 +530,18 @@ def _code_points(data: np.ndarray, starts: np.ndarray) -> np.ndarray:
     three = ((lead & 0x0F) << 12) | (more[0] << 6) | more[1]
     four = ((lead & 0x07) << 18) | (more[0] << 12) | (more[1] << 6) | more[2]
     return np.where(lead < 0xE0, two, np.where(lead < 0xF0, three, four))
+
+
+def _numpy(array: pa.Array) -> np.ndarray:
+    """An int32 or boolean array as numpy, nulls as 0 or False; ``to_numpy`` would import
+    pandas (0.3 s or more, once per process)."""
+    if array.null_count:
+        array = pc.fill_null(array, False if array.type == pa.bool_() else 0)
+    data = array.buffers()[1]
+    if array.type == pa.bool_():
+        bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+        return bits[array.offset : array.offset + len(array)].astype(bool)
+    return np.frombuffer(data, dtype=np.int32, count=len(array), offset=array.offset * 4)
 
 
 def _binary_array(offsets: np.ndarray, data: bytes) -> pa.Array:
