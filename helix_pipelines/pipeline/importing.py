@@ -369,6 +369,7 @@ class FilePosition:
         self.total = _size(path)
         self.per_record = _bytes_per_record(path, summary) if summary else None
         self.position = 0
+        self._looked_at, self._handle = -HANDLE_LOOKUP_S, self.total
 
     def probe(self, last_source_row: int) -> int:
         position = self.total if self.path is None else self._handle_position()
@@ -378,10 +379,15 @@ class FilePosition:
         return self.position
 
     def _handle_position(self) -> int:
-        with contextlib.suppress(psutil.Error, OSError):
-            found = [f.position for f in psutil.Process().open_files() if f.path == self.path]
-            return max(found, default=self.total)
-        return self.total
+        # psutil reads every open file's link and offset (milliseconds): where the per-record
+        # estimate moves the figure in between, once a second is enough.
+        now = time.monotonic()
+        if self.per_record is None or now - self._looked_at >= HANDLE_LOOKUP_S:
+            self._looked_at, self._handle = now, self.total
+            with contextlib.suppress(psutil.Error, OSError):
+                found = [f.position for f in psutil.Process().open_files() if f.path == self.path]
+                self._handle = max(found, default=self.total)
+        return self._handle
 
     def checkpoint(self, last_source_row: int) -> dict:
         """Stored with each batch's checkpoint, for `status` and the CLI's bar."""
@@ -393,6 +399,7 @@ class FilePosition:
 
 
 SAMPLE_BYTES = 1024**2
+HANDLE_LOOKUP_S = 1.0
 
 
 def _bytes_per_record(path: str | None, summary) -> float | None:
