@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from helix_pipelines.core.parsing.pair_block import PairBlock, value_sizes
+from helix_pipelines.core.parsing.pair_block import PairBlock, binary_array, value_sizes
 
 # Signature, flags (no OIDs), header extension length.
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(4) + bytes(4)
@@ -30,10 +30,7 @@ _HASH = np.dtype([("length", ">i4"), ("hash", f"S{HASH_BYTES}")])
 
 def _fixed_width(data: bytes, width: int, count: int) -> pa.Array:
     """``count`` binary values of ``width`` bytes each, back to back in ``data``."""
-    offsets = np.arange(count + 1, dtype=np.int32) * width
-    return pa.Array.from_buffers(
-        pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-    )
+    return binary_array(np.arange(count + 1, dtype=np.int32) * width, data)
 
 
 _NOTHING = _fixed_width(b"", 0, 1)[0]  # the empty separator for binary_join_element_wise

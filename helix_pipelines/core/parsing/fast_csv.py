@@ -27,7 +27,12 @@ import pyarrow.csv as pa_csv
 
 from helix_pipelines.core.normalize import CONTROL_BYTES, HASH_SEPARATOR_BYTES, hash_key
 from helix_pipelines.core.parsing.base import Pair, RowError
-from helix_pipelines.core.parsing.pair_block import PairBlock
+from helix_pipelines.core.parsing.pair_block import (
+    PairBlock,
+    binary_array,
+    value_offsets,
+    value_sizes,
+)
 
 if TYPE_CHECKING:
     from helix_pipelines.core.parsing.csv_reader import DelimitedSource
@@ -233,7 +238,7 @@ class _BatchChecker:
     def _may_be_too_long(self, columns: list[pa.Array]) -> bool:
         """The length rules in bytes, which bound characters from above: only when one of
         them fails are the characters counted."""
-        sizes = [_sizes(column) for column in columns]
+        sizes = [value_sizes(column) for column in columns]
         widest = np.add.reduce(sizes, dtype=np.int64)
         return bool(
             max(size.max(initial=0) for size in sizes) > self.max_field
@@ -413,7 +418,7 @@ class _RecordLocator:
 def _layout(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """The UTF-8 bytes of all values back to back, and the ``n + 1`` value offsets into them."""
     buffers = column.buffers()
-    offsets = _raw_offsets(column)
+    offsets = value_offsets(column)
     start, end = int(offsets[0]), int(offsets[-1])
     if buffers[2] is None or end == start:
         return np.empty(0, dtype=np.uint8), offsets - start
@@ -421,21 +426,10 @@ def _layout(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return data, offsets - start
 
 
-def _raw_offsets(column: pa.Array) -> np.ndarray:
-    return np.frombuffer(
-        column.buffers()[1], dtype=np.int32, count=len(column) + 1, offset=column.offset * 4
-    )
-
-
-def _sizes(column: pa.Array) -> np.ndarray:
-    """Every value's length in bytes, never less than its length in characters."""
-    return np.diff(_raw_offsets(column))
-
-
 def _fits(column: pa.Array, limit: int) -> np.ndarray:
     """Values that are not empty and at most ``limit`` characters long; characters are only
     counted when some value has more bytes than that."""
-    sizes = _sizes(column)
+    sizes = value_sizes(column)
     fits = sizes > 0
     if sizes.max(initial=0) > limit:
         fits &= _numpy(pc.utf8_length(column)) <= limit
@@ -483,7 +477,7 @@ class _KeyColumn:
         self.special = self.own_key_rows | self.space_run_rows
 
     def array(self) -> pa.Array:
-        return _binary_array(self.offsets, self.blob)
+        return binary_array(self.offsets, self.blob)
 
     def key(self, row: int) -> bytes:
         if row in self.own_key_rows:
@@ -544,14 +538,7 @@ def _numpy(array: pa.Array) -> np.ndarray:
     return np.frombuffer(data, dtype=np.int32, count=len(array), offset=array.offset * 4)
 
 
-def _binary_array(offsets: np.ndarray, data: bytes) -> pa.Array:
-    """Built from buffers, without copying; ``pa.array``/``pa.scalar`` would import pandas
-    (0.3 s or more, per process) to check the input's type."""
-    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-    return pa.Array.from_buffers(pa.binary(), len(offsets) - 1, buffers)
-
-
-_SEPARATOR = _binary_array(np.array([0, 1], dtype=np.int32), HASH_SEPARATOR_BYTES)[0]
+_SEPARATOR = binary_array(np.array([0, 1], dtype=np.int32), HASH_SEPARATOR_BYTES)[0]
 
 
 def _digests(questions: _KeyColumn, answers: _KeyColumn, wanted: np.ndarray) -> list[str | None]:

@@ -15,22 +15,33 @@ import pyarrow as pa
 from helix_pipelines.core.parsing.base import Pair
 
 
+def binary_array(
+    offsets: np.ndarray, data: bytes | np.ndarray, kind: pa.DataType | None = None
+) -> pa.Array:
+    """A binary (or ``kind``) array over ``data`` cut at the int32 ``offsets``, without copying;
+    ``pa.array``/``pa.scalar`` would import pandas (0.3 s or more, once per process) to check
+    the input's type."""
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    return pa.Array.from_buffers(kind or pa.binary(), len(offsets) - 1, buffers)
+
+
 def utf8_array(texts: Sequence[str]) -> pa.Array:
-    """A string array of ``texts`` built from its buffers: ``pa.array`` would import pandas
-    (0.3 s or more, once per process) to check the input's type."""
     encoded = [text.encode("utf-8") for text in texts]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
     np.cumsum([len(value) for value in encoded], out=offsets[1:])
-    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
-    return pa.Array.from_buffers(pa.string(), len(encoded), buffers)
+    return binary_array(offsets, b"".join(encoded), pa.string())
+
+
+def value_offsets(array: pa.Array) -> np.ndarray:
+    """The ``n + 1`` int32 offsets of a string or binary array's values into its data buffer."""
+    return np.frombuffer(
+        array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4
+    )
 
 
 def value_sizes(array: pa.Array) -> np.ndarray:
-    """Every value's length in bytes (at least its length in characters)."""
-    offsets = np.frombuffer(
-        array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4
-    )
-    return np.diff(offsets)
+    """Every value's length in bytes (never less than its length in characters)."""
+    return np.diff(value_offsets(array))
 
 
 class PairBlock:
