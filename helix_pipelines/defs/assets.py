@@ -55,7 +55,7 @@ from helix_pipelines.pipeline.health import (
     PENDING_AGE_CHECK,
 )
 from helix_pipelines.pipeline.importing import BatchFailed, ImportReport, import_file
-from helix_pipelines.pipeline.row_errors import first_errors_frame
+from helix_pipelines.pipeline.row_errors import first_errors
 
 # Partitioned asset checks work in Dagster 1.13 but are marked preview (STACK.md, pitfall 10):
 # known and intended, so the warning stays out of every CLI command's output.
@@ -188,10 +188,10 @@ def terminal_failure(description: str) -> Failure:
 
 def first_row_errors(engine, job: jobs.Job) -> list[dict]:
     """The first rejected rows, for the UI. A job without any (its counter and its rows are
-    committed together) skips the query and pandas, half a second of every CLI import."""
+    committed together) skips the query."""
     if not job.row_errors:
         return []
-    return first_errors_frame(engine, job.id, ROW_ERRORS_SHOWN).to_dict("records")
+    return first_errors(engine, job.id, ROW_ERRORS_SHOWN)
 
 
 def import_metadata(report: ImportReport, first_errors: list[dict] | None = None) -> dict:
