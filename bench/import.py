@@ -43,9 +43,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from helix_pipelines.core.adaptive import AdaptiveBatchSize  # noqa: E402
 from helix_pipelines.core.parsing import open_source  # noqa: E402
 from helix_pipelines.db import jobs, migrate  # noqa: E402
-from helix_pipelines.db.batches import PAIR_COLUMNS  # noqa: E402
 from helix_pipelines.db.embedded import EmbeddedPostgres  # noqa: E402
 from helix_pipelines.db.engine import create_app_engine, ensure_database  # noqa: E402
+from helix_pipelines.db.pair_copy import COLUMNS as PAIR_COLUMNS  # noqa: E402
 from helix_pipelines.pipeline.importing import ImportOptions, import_file  # noqa: E402
 from helix_pipelines_tests.support.generate import write_qa_csv  # noqa: E402
 

@@ -28,7 +28,6 @@ from helix_pipelines.db.schema import import_job
 # with the same pair cannot both insert it.
 DEDUPE_LOCK_ID = 72110002
 
-PAIR_COLUMNS = pair_copy.COLUMNS
 ERROR_COLUMNS = "import_job_id, source_row, error_code, message, raw_excerpt"
 
 Hook = Callable[[str], None]
@@ -123,7 +122,8 @@ def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, li
     hashes = pairs.content_hashes
     # One array literal as text: psycopg dumps a Python list element by element, which cost as
     # much as the COPY itself. Hex hashes need no quoting inside '{...}'.
-    literal = "{" + ",".join(set(hashes)) + "}"
+    distinct = set(hashes)
+    literal = "{" + ",".join(distinct) + "}"
     # While a table fills faster than autovacuum analyses it, the planner believes it is small
     # and scans it whole for every batch: quadratic in the import. Thousands of probes into an
     # index are right at any size.
@@ -134,7 +134,7 @@ def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, li
             (literal,),
         ).scalars()
     )
-    if not seen and len(set(hashes)) == len(hashes):
+    if not seen and len(distinct) == len(hashes):
         return pairs, []  # the usual batch: nothing to drop
     keep, duplicates = [], []
     rows = pairs.source_rows.tolist()
@@ -170,10 +170,7 @@ def _copy_pairs(conn: Connection, job_id: uuid.UUID, pairs: PairBlock) -> None:
         return
     # Binary, built from the pairs' columns (db.pair_copy): no escaping on either side and no
     # Python call per pair, so the writer leaves the GIL to the parser thread.
-    cursor = conn.connection.driver_connection.cursor()
-    with cursor.copy(f"COPY qa_pair ({pair_copy.COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.write(pair_copy.SIGNATURE)
-        copy.write(pair_copy.copy_rows(job_id, pairs))
+    pair_copy.copy_pairs(conn.connection.driver_connection.cursor(), job_id, pairs)
 
 
 def _copy_errors(conn: Connection, job_id: uuid.UUID, errors: Sequence[RowError]) -> None:

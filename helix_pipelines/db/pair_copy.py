@@ -14,7 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from helix_pipelines.core.parsing.pair_block import PairBlock, binary_array, value_sizes
+from helix_pipelines.core.parsing.pair_block import (
+    PairBlock,
+    binary_array,
+    value_offsets,
+    value_sizes,
+)
 
 # Signature, flags (no OIDs), header extension length.
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(4) + bytes(4)
@@ -70,5 +75,12 @@ def copy_rows(job_id: uuid.UUID, block: PairBlock) -> memoryview:
         _hashes(block.content_hashes),
     ]
     joined = pc.binary_join_element_wise(*parts, _NOTHING)
-    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32, count=len(joined) + 1)
+    offsets = value_offsets(joined)
     return memoryview(joined.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
+
+
+def copy_pairs(cursor, job_id: uuid.UUID, block: PairBlock) -> None:
+    """COPY the block into qa_pair through a psycopg cursor (in the caller's transaction)."""
+    with cursor.copy(f"COPY qa_pair ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(SIGNATURE)  # psycopg adds the trailer
+        copy.write(copy_rows(job_id, block))

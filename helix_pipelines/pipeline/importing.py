@@ -24,6 +24,7 @@ from helix_pipelines.core.parsing import (
     RowError,
     open_source,
 )
+from helix_pipelines.core.parsing.base import last_row_of, records_in
 from helix_pipelines.core.parsing.pair_block import PairBlock
 from helix_pipelines.core.read_ahead import ReadAhead
 from helix_pipelines.core.retry import RetryBudget, retrying
@@ -297,7 +298,7 @@ class _Batches:
                 while count >= (size := min(self.sizer.current, budget)):
                     taken, pending = _take_records(pending, size)
                     count -= size
-                    yield self._cut(taken, _last_row(taken[-1]))
+                    yield self._cut(taken, last_row_of(taken[-1]))
         except FileUnreadable as exc:
             self.damage = exc  # the rows read before it are still handed out below
         if last >= self.next_row:
@@ -325,7 +326,7 @@ def _take_records(items: list, wanted: int) -> tuple[list, list]:
     """The first ``wanted`` records of ``items`` and the rest; a PairBlock may be cut."""
     taken: list = []
     for position, item in enumerate(items):
-        size = 1 if type(item) in (Pair, RowError) else len(item)
+        size = records_in(item)
         if size > wanted:
             return [*taken, item[:wanted]], [item[wanted:], *items[position + 1 :]]
         taken.append(item)
@@ -333,10 +334,6 @@ def _take_records(items: list, wanted: int) -> tuple[list, list]:
         if wanted == 0:
             return taken, items[position + 1 :]
     return taken, []
-
-
-def _last_row(item) -> int:
-    return item.source_row if type(item) in (Pair, RowError) else int(item.source_rows[-1])
 
 
 def _batch_of(items: list, first: int, last: int) -> Batch:

@@ -45,10 +45,7 @@ def test_every_value_round_trips_and_an_empty_category_is_null(engine):
     # Sliced and taken blocks start inside their buffers: offsets must be honoured.
     block = PairBlock.joined([block[:1], block[1:].take(np.array([0, 1, 2]))])
     with engine.begin() as conn:
-        cursor = conn.connection.driver_connection.cursor()
-        with cursor.copy(f"COPY qa_pair ({pair_copy.COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.write(pair_copy.SIGNATURE)
-            copy.write(pair_copy.copy_rows(job.id, block))
+        pair_copy.copy_pairs(conn.connection.driver_connection.cursor(), job.id, block)
     assert stored(engine, job.id) == [tuple(p) for p in pairs]
     empty_tables(engine)
 

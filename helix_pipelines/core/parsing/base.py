@@ -102,11 +102,20 @@ class Chunk:
 
     @property
     def records(self) -> int:
-        return sum(1 if type(item) in (Pair, RowError) else len(item) for item in self.items)
+        return sum(map(records_in, self.items))
 
 
 def source_row_of(record: Pair | RowError) -> int:
     return record.source_row
+
+
+def records_in(item) -> int:
+    """Records a chunk item covers: one for a Pair or RowError, a PairBlock's length."""
+    return 1 if type(item) in (Pair, RowError) else len(item)
+
+
+def last_row_of(item) -> int:
+    return item.source_row if type(item) in (Pair, RowError) else int(item.source_rows[-1])
 
 
 class FileUnreadable(Exception):
