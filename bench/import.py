@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -41,6 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from helix_pipelines.core.adaptive import AdaptiveBatchSize  # noqa: E402
+from helix_pipelines.core.normalize import question_key  # noqa: E402
 from helix_pipelines.core.parsing import open_source  # noqa: E402
 from helix_pipelines.db import jobs, migrate  # noqa: E402
 from helix_pipelines.db.embedded import EmbeddedPostgres  # noqa: E402
@@ -55,7 +57,7 @@ MEMORY_TARGET = 1.25
 FLAT_TARGET = 1.05
 FIXED_SIZES = (50, 500, 5_000, 20_000)
 COPY_BATCH = 10_000
-PAIR_TYPES = ("uuid", "int4", "text", "text", "text", "text")  # PAIR_COLUMNS
+PAIR_TYPES = ("uuid", "int4", "text", "text", "text", "text", "uuid")  # PAIR_COLUMNS
 DIM = 384
 
 
@@ -95,10 +97,11 @@ def raw_copy_rows_per_s(
     empty(engine)
     with open_source(path) as source:
         pairs = [p for chunk in source.chunks() for p in chunk.pairs]
+    keys = [uuid.UUID(bytes=question_key(p.question)) for p in pairs]
     like = "INCLUDING ALL" if with_indexes else "INCLUDING DEFAULTS INCLUDING IDENTITY"
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE TABLE bench_copy (LIKE qa_pair {like})")
-    job_id = jobs.uuid.uuid4()
+    job_id = uuid.uuid4()
     form = " (FORMAT BINARY)" if binary else ""
     began = time.perf_counter()
     for start in range(0, len(pairs), COPY_BATCH):
@@ -107,9 +110,9 @@ def raw_copy_rows_per_s(
             with cursor.copy(f"COPY bench_copy ({PAIR_COLUMNS}) FROM STDIN{form}") as copy:
                 if binary:
                     copy.set_types(PAIR_TYPES)
-                for p in pairs[start : start + COPY_BATCH]:
-                    row = (job_id, p.source_row, p.question, p.answer, p.category, p.content_hash)
-                    copy.write_row(row)
+                for p, key in zip(pairs[start : start + COPY_BATCH], keys[start:], strict=False):
+                    fields = (p.source_row, p.question, p.answer, p.category, p.content_hash)
+                    copy.write_row((job_id, *fields, key))
     return len(pairs) / (time.perf_counter() - began)
 
 
@@ -181,17 +184,22 @@ def run(args: argparse.Namespace, work: Path) -> None:
 
 def report(args, work: Path, engine: sa.Engine, url: str) -> None:
     big = write_qa_csv(work / "big.csv", args.rows, seed=1).path
-    cli = cli_rows_per_s(engine, big, url, work / "cli-home")
+    # Untimed: a fresh cluster creates its WAL segments during its first big write, which
+    # would burden whichever run came first.
+    import_rows_per_s(engine, big, None)
     # Interleaved and repeated, medians: on a shared machine one run of each drifts apart.
-    runs: dict[str, list[float]] = {"in_process": [], "raw": [], "raw_indexed": [], "binary": []}
+    runs: dict[str, list[float]] = {
+        "cli": [], "in_process": [], "raw": [], "raw_indexed": [], "binary": []
+    }  # fmt: skip
     for _ in range(args.repeat):
+        runs["cli"].append(cli_rows_per_s(engine, big, url, work / "cli-home"))
         runs["in_process"].append(import_rows_per_s(engine, big, None))
         runs["raw"].append(raw_copy_rows_per_s(engine, big, with_indexes=False))
         runs["raw_indexed"].append(raw_copy_rows_per_s(engine, big, with_indexes=True))
         runs["binary"].append(raw_copy_rows_per_s(engine, big, with_indexes=False, binary=True))
-    in_process, raw, raw_indexed, binary = (statistics.median(runs[key]) for key in runs)
+    cli, in_process, raw, raw_indexed, binary = (statistics.median(runs[key]) for key in runs)
     print(f"\nimport of {args.rows:,} generated rows ({big.stat().st_size / 1e6:.0f} MB), rows/s")
-    print(f"(medians of {args.repeat} interleaved runs; the CLI once)")
+    print(f"(medians of {args.repeat} interleaved runs, after one untimed import)")
     row("import FILE --no-embed (CLI, end to end)", f"{cli:,.0f}")
     row("import_file() in this process", f"{in_process:,.0f}")
     row("raw COPY, 10,000 a batch, no indexes", f"{raw:,.0f}")

@@ -64,6 +64,18 @@ def normalize_for_hash(value: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", value).casefold().split())
 
 
+QUESTION_KEY_BYTES = 16
+
+
+def question_key(question: str) -> bytes:
+    """A pair's identity within a source (core.sources): the first 16 bytes of the SHA-256 of
+    ``normalize_for_hash(question) + "\x1f"``. That is the state ``content_hash`` passes
+    through before it takes the answer, so one hashing pass yields both (the CSV fast path).
+    """
+    digest = hashlib.sha256(hash_key(question) + HASH_SEPARATOR_BYTES).digest()
+    return digest[:QUESTION_KEY_BYTES]
+
+
 def content_hash(question: str, answer: str) -> str:
     """Hex SHA-256 of ``normalize_for_hash(question) + "\x1f" + normalize_for_hash(answer)``,
     UTF-8 encoded.

@@ -1,18 +1,18 @@
 """Sources: which source a file is a version of, and what a new version changes.
 
-Pure: the database layer loads the rows, this module decides, the database layer applies.
+Pure: naming, and the limits a new version is held to. The database layer plans and applies
+the version in SQL (db.sources).
 
 Identity of a pair within a source is its normalised question: NFKC, case-folded, every run of
-whitespace one space, trimmed (the same normalisation as the content hash, see core.normalize).
+whitespace one space, trimmed (the same normalisation as the content hash), stored with the pair
+as its question key (core.normalize.question_key).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, field
-
-from helix_pipelines.core.normalize import hash_key
+from dataclasses import dataclass
 
 MAX_SOURCE_KEY = 200
 _EXTENSION = re.compile(r"\.(csv|tsv|txt|json|jsonl|ndjson|xlsx)$", re.IGNORECASE)
@@ -67,50 +67,30 @@ def clean_source_key(key: str) -> str:
     return key
 
 
-def question_key(question: str) -> bytes:
-    return hash_key(question)
-
-
 @dataclass(frozen=True)
-class Incoming:
-    """A row of the new version that became (or matched) a pair."""
-
-    source_row: int
-    pair_id: int  # the pair this row inserted (staged) or the existing pair it duplicated
-    question: str
-    content_hash: str
-    staged: bool  # True: new content, inserted by this version and not yet visible
-    retired_in_source: bool = False  # a duplicate of a pair this source retired earlier
-
-
-@dataclass(frozen=True)
-class LivePair:
-    pair_id: int
-    question: str
-    content_hash: str
-
-
-@dataclass
 class SyncPlan:
+    """What a new version does to the live pairs of its source, counted (db.sources decides it
+    in SQL, pair by pair; the rules are there)."""
+
     live_before: int
-    kept: list[int] = field(default_factory=list)
-    updated: list[tuple[int, int]] = field(default_factory=list)  # (staged pair, live pair)
-    added: list[int] = field(default_factory=list)
-    revived: list[int] = field(default_factory=list)
-    retired: list[int] = field(default_factory=list)
-    repeated: list[tuple[Incoming, int]] = field(default_factory=list)  # (row, first row)
+    kept: int = 0
+    updated: int = 0
+    added: int = 0
+    revived: int = 0
+    retired: int = 0
+    repeated: int = 0
 
     @property
     def retire_share(self) -> float:
-        return len(self.retired) / self.live_before if self.live_before else 0.0
+        return self.retired / self.live_before if self.live_before else 0.0
 
     def counts(self) -> dict[str, int]:
         return {
-            "kept": len(self.kept),
-            "updated": len(self.updated),
-            "added": len(self.added) + len(self.revived),
-            "retired": len(self.retired),
-            "repeated_questions": len(self.repeated),
+            "kept": self.kept,
+            "updated": self.updated,
+            "added": self.added + self.revived,
+            "retired": self.retired,
+            "repeated_questions": self.repeated,
         }
 
     def refusal(self, max_retire_share: float, allow_shrink: bool) -> str | None:
@@ -118,56 +98,9 @@ class SyncPlan:
         if allow_shrink or self.retire_share <= max_retire_share:
             return None
         return (
-            f"would retire {len(self.retired)} of the {self.live_before} pairs the source holds "
+            f"would retire {self.retired} of the {self.live_before} pairs the source holds "
             f"now ({self.retire_share:.0%}, above the limit of {max_retire_share:.0%}, "
             "HELIX_SYNC_MAX_RETIRE_SHARE): nothing was changed. If the file is complete, "
             "confirm with `import FILE --source KEY --allow-shrink` (or allow_shrink in the "
             "Launchpad config); `rollback` discards this version"
         )
-
-
-def plan_sync(incoming: list[Incoming], live: list[LivePair]) -> SyncPlan:
-    """What the new version (`incoming`) does to the source's live pairs (`live`):
-    - a row whose question matches a live pair with the same content keeps it (same id);
-    - a new row whose question matches a live pair updates that pair in place;
-    - a row matching a pair this source retired earlier brings it back;
-    - other new rows are added; other duplicates (a pair another import holds) are kept;
-    - a second row with the same question and another answer is repeated (a row error), the
-      first one counts; the same pair again is a duplicate, as in any import (or kept, under
-      keep_duplicates);
-    - live pairs no row matched are retired."""
-    plan = SyncPlan(live_before=len(live))
-    by_key: dict[bytes, LivePair] = {}
-    for pair in sorted(live, key=lambda p: p.pair_id):
-        by_key.setdefault(question_key(pair.question), pair)
-    first: dict[bytes, Incoming] = {}  # the first row of each question
-    matched: set[int] = set()
-    for row in sorted(incoming, key=lambda r: r.source_row):
-        key = question_key(row.question)
-        if key in first:
-            _again(plan, row, first[key])
-            continue
-        current = by_key.get(key)
-        pair = current.pair_id if current is not None else row.pair_id
-        first[key] = row
-        if current is not None and current.content_hash == row.content_hash:
-            plan.kept.append(pair)
-            matched.add(pair)
-        elif current is not None and row.staged:
-            plan.updated.append((row.pair_id, pair))
-            matched.add(pair)
-        elif row.staged:
-            plan.added.append(pair)
-        elif row.retired_in_source:
-            plan.revived.append(pair)
-        else:
-            plan.kept.append(pair)
-    plan.retired = [p.pair_id for p in live if p.pair_id not in matched]
-    return plan
-
-
-def _again(plan: SyncPlan, row: Incoming, earlier: Incoming) -> None:
-    """A row whose question an earlier row of the file had. The same pair again is left as the
-    import recorded it: skipped as a duplicate, or kept when the operator asked for that."""
-    if row.content_hash != earlier.content_hash:
-        plan.repeated.append((row, earlier.source_row))

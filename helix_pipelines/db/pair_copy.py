@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from helix_pipelines.core.parsing.pair_block import (
+    QUESTION_KEY,
     PairBlock,
     binary_array,
     value_offsets,
@@ -23,14 +24,17 @@ from helix_pipelines.core.parsing.pair_block import (
 
 # Signature, flags (no OIDs), header extension length.
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(4) + bytes(4)
-COLUMNS = "import_job_id, source_row, question, answer, category, content_hash"
+COLUMNS = "import_job_id, source_row, question, answer, category, content_hash, question_key"
 HASH_BYTES = 64  # hex SHA-256
 
 # Field count, the job id (uuid) and the source row (int4): the same width on every row.
 _HEAD = np.dtype(
     [("fields", ">i2"), ("job_len", ">i4"), ("job", "V16"), ("row_len", ">i4"), ("row", ">i4")]
 )
-_HASH = np.dtype([("length", ">i4"), ("hash", f"S{HASH_BYTES}")])
+# The content hash (text) and the question key (uuid): also the same width on every row.
+_TAIL = np.dtype(
+    [("hash_len", ">i4"), ("hash", f"S{HASH_BYTES}"), ("key_len", ">i4"), ("key", QUESTION_KEY)]
+)
 
 
 def _fixed_width(data: bytes, width: int, count: int) -> pa.Array:
@@ -47,17 +51,19 @@ def _lengths(sizes: np.ndarray) -> pa.Array:
 
 def _heads(job_id: uuid.UUID, rows: np.ndarray) -> pa.Array:
     head = np.zeros(len(rows), dtype=_HEAD)
-    head["fields"], head["job_len"], head["row_len"] = 6, 16, 4
+    head["fields"], head["job_len"], head["row_len"] = 7, 16, 4
     head["job"] = np.void(job_id.bytes)
     head["row"] = rows
     return _fixed_width(head.tobytes(), _HEAD.itemsize, len(rows))
 
 
-def _hashes(content_hashes: list[str]) -> pa.Array:
-    digests = np.zeros(len(content_hashes), dtype=_HASH)
-    digests["length"] = HASH_BYTES
-    digests["hash"] = np.frombuffer("".join(content_hashes).encode("ascii"), dtype=f"S{HASH_BYTES}")
-    return _fixed_width(digests.tobytes(), _HASH.itemsize, len(content_hashes))
+def _tails(block: PairBlock) -> pa.Array:
+    tail = np.zeros(len(block), dtype=_TAIL)
+    tail["hash_len"], tail["key_len"] = HASH_BYTES, QUESTION_KEY.itemsize
+    hashes = "".join(block.content_hashes).encode("ascii")
+    tail["hash"] = np.frombuffer(hashes, dtype=f"S{HASH_BYTES}")
+    tail["key"] = block.question_keys
+    return _fixed_width(tail.tobytes(), _TAIL.itemsize, len(block))
 
 
 def copy_rows(job_id: uuid.UUID, block: PairBlock) -> memoryview:
@@ -72,7 +78,7 @@ def copy_rows(job_id: uuid.UUID, block: PairBlock) -> memoryview:
         block.answers.view(pa.binary()),
         _lengths(np.where(category_sizes == 0, -1, category_sizes)),
         block.categories.view(pa.binary()),
-        _hashes(block.content_hashes),
+        _tails(block),
     ]
     joined = pc.binary_join_element_wise(*parts, _NOTHING)
     offsets = value_offsets(joined)

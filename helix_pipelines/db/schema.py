@@ -65,6 +65,7 @@ def qa_pair_table(dim: int | None = None) -> sa.Table:
         sa.Column("answer", sa.Text, nullable=False),
         sa.Column("category", sa.Text),
         sa.Column("content_hash", sa.Text, nullable=False),
+        sa.Column("question_key", UUID(as_uuid=True)),  # core.normalize.question_key
         sa.Column("embedding", Vector(dim)),
         sa.Column("embedding_status", sa.Text, nullable=False),
         sa.Column("embedding_model", sa.Text),

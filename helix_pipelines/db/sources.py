@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from helix_pipelines.core.sources import Incoming, LivePair, SyncPlan, plan_sync
+from helix_pipelines.core.normalize import question_key
+from helix_pipelines.core.sources import SyncPlan
 from helix_pipelines.db.schema import PUBLISHED_JOB_STATUSES
 
 DUPLICATE_QUESTION = "duplicate_question"
@@ -85,176 +86,290 @@ def sync_version(
     if later is not None:
         reason = f"cannot be applied: version {later}, a later one, is already in place"
         return SyncOutcome(header | {"refused": reason}, refused=reason)
-    plan = plan_sync(_incoming(conn, job), _live(conn, job))
+    stage_rows(conn, job)
+    plan = plan_sync(conn)
     refusal = plan.refusal(max_retire_share, allow_shrink)
     summary = header | plan.counts() | {"retire_share": round(plan.retire_share, 4)}
     if refusal:
+        _drop_staging(conn)
         return SyncOutcome(summary | {"refused": refusal}, refused=refusal)
-    _report_repeated(conn, job.id, plan)
-    changes = _first_changes(conn, job.id, plan)
-    handed = _apply(conn, job, plan)
+    _report_repeated(conn, job.id)
+    changes = _first_changes(conn)
+    handed = _apply(conn, job)
+    _drop_staging(conn)
     summary["handed_over"] = handed
     return SyncOutcome(summary | {"allow_shrink": allow_shrink, "first_changes": changes})
 
 
-def _incoming(conn: Connection, job) -> list[Incoming]:
-    staged = conn.execute(
+# -- the plan, in SQL: a version of a million rows is never loaded into Python ---------------
+
+_STAGING = ("sync_in", "sync_live", "sync_first", "sync_current", "sync_plan", "sync_heir")
+
+
+def create_staging(conn: Connection) -> None:
+    """The rows a plan reads: `sync_in`, the new version's rows that became (or matched) a
+    pair; `sync_live`, the pairs the source holds now."""
+    _drop_staging(conn)
+    conn.execute(
         sa.text(
-            "SELECT source_row, id, question, content_hash FROM qa_pair WHERE import_job_id = :j"
-        ),
-        {"j": job.id},
+            "CREATE TEMP TABLE sync_in (source_row int, pair_id bigint, key uuid, "
+            "content_hash text, staged bool, retired_in_source bool) ON COMMIT DROP"
+        )
     )
-    rows = [Incoming(r[0], r[1], r[2], r[3], staged=True) for r in staged]
-    duplicates = conn.execute(
+    conn.execute(
         sa.text(
-            "SELECT d.source_row, p.id, p.question, p.content_hash, "
-            "p.retired_at IS NOT NULL AND pj.source_key = :k "
+            "CREATE TEMP TABLE sync_live (pair_id bigint, key uuid, content_hash text) "
+            "ON COMMIT DROP"
+        )
+    )
+
+
+def stage_rows(conn: Connection, job) -> None:
+    create_staging(conn)
+    params = {"j": job.id, "k": job.source_key, "published": list(PUBLISHED_JOB_STATUSES)}
+    # staged: inserted by this version, not yet visible. Not staged: a row skipped as a
+    # duplicate of an existing pair, maybe one this source retired earlier.
+    conn.execute(
+        sa.text(
+            "INSERT INTO sync_in SELECT source_row, id, question_key, content_hash, true, false "
+            "FROM qa_pair WHERE import_job_id = :j"
+        ),
+        params,
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO sync_in SELECT d.source_row, p.id, p.question_key, p.content_hash, "
+            "false, p.retired_at IS NOT NULL AND pj.source_key = :k "
             "FROM import_duplicate d JOIN qa_pair p ON p.id = d.qa_pair_id "
             "JOIN import_job pj ON pj.id = p.import_job_id WHERE d.import_job_id = :j"
         ),
-        {"j": job.id, "k": job.source_key},
+        params,
     )
-    rows += [
-        Incoming(r[0], r[1], r[2], r[3], staged=False, retired_in_source=r[4]) for r in duplicates
-    ]
-    return rows
-
-
-def _live(conn: Connection, job) -> list[LivePair]:
-    rows = conn.execute(
+    conn.execute(
         sa.text(
-            "SELECT p.id, p.question, p.content_hash FROM qa_pair p "
+            "INSERT INTO sync_live SELECT p.id, p.question_key, p.content_hash FROM qa_pair p "
             "JOIN import_job j ON j.id = p.import_job_id "
             "WHERE j.source_key = :k AND j.id <> :j AND j.status = ANY(:published) "
             "AND p.retired_at IS NULL"
         ),
-        {"k": job.source_key, "j": job.id, "published": list(PUBLISHED_JOB_STATUSES)},
+        params,
     )
-    return [LivePair(*r) for r in rows]
 
 
-def _report_repeated(conn: Connection, job_id: uuid.UUID, plan: SyncPlan) -> None:
-    """A second row with a question already in the file and another answer becomes a row
-    error: its pair (or its duplicate record) goes, the first row with that question stays."""
-    if not plan.repeated:
-        return
-    staged = [row.pair_id for row, _ in plan.repeated if row.staged]
-    skipped = [row.source_row for row, _ in plan.repeated if not row.staged]
-    if staged:
-        conn.execute(sa.text("DELETE FROM qa_pair WHERE id = ANY(:ids)"), {"ids": staged})
-    if skipped:
+KEY_BATCH = 10_000
+
+
+def _fill_missing_keys(conn: Connection) -> None:
+    """Pairs written before qa_pair had question keys (or by other tools) get theirs computed
+    here, into the staging tables only: rewriting qa_pair would re-insert their vectors into
+    the HNSW index. Streamed, so memory stays flat however many there are."""
+    cursor = conn.connection.driver_connection.cursor(name="sync_missing_keys")
+    cursor.execute(
+        "SELECT p.id, p.question FROM qa_pair p WHERE p.id IN ("
+        "SELECT pair_id FROM sync_in WHERE key IS NULL "
+        "UNION SELECT pair_id FROM sync_live WHERE key IS NULL)"
+    )
+    conn.execute(sa.text("CREATE TEMP TABLE sync_key (pair_id bigint, key uuid) ON COMMIT DROP"))
+    writer = conn.connection.driver_connection.cursor()
+    missing = 0
+    while rows := cursor.fetchmany(KEY_BATCH):
+        missing += len(rows)
+        with writer.copy("COPY sync_key (pair_id, key) FROM STDIN") as copy:
+            for pair_id, question in rows:
+                copy.write_row((pair_id, uuid.UUID(bytes=question_key(question))))
+    cursor.close()
+    for table in ("sync_in", "sync_live") if missing else ():
         conn.execute(
             sa.text(
-                "DELETE FROM import_duplicate WHERE import_job_id = :j AND source_row = ANY(:r)"
-            ),
-            {"j": job_id, "r": skipped},
+                f"UPDATE {table} t SET key = k.key FROM sync_key k "
+                "WHERE t.key IS NULL AND t.pair_id = k.pair_id"
+            )
         )
+    conn.execute(sa.text("DROP TABLE sync_key"))
+
+
+# Each first row of the new version against the live pair with its question, if any.
+_FIRSTS = (
+    "FROM sync_first f LEFT JOIN sync_current c USING (key) CROSS JOIN LATERAL (SELECT CASE "
+    "WHEN c.content_hash = f.content_hash THEN 'kept' "
+    "WHEN c.pair_id IS NOT NULL AND f.staged THEN 'updated' WHEN f.staged THEN 'added' "
+    "WHEN f.retired_in_source THEN 'revived' ELSE 'kept' END AS change) m"
+)
+
+
+def plan_sync(conn: Connection) -> SyncPlan:
+    """What the new version (`sync_in`) does to the source's live pairs (`sync_live`):
+    - the first row of each question counts (`sync_first`); the live pair of a question is
+      the oldest live pair with it (`sync_current`);
+    - a row whose question matches a live pair with the same content keeps it (same id);
+    - a new row whose question matches a live pair updates that pair in place;
+    - a row matching a pair this source retired earlier brings that pair back;
+    - other new rows are added; other duplicates (a pair another import holds) are kept;
+    - a later row with the same question and another answer is repeated (a row error); the
+      same pair again is a duplicate, as in any import (or kept, under keep_duplicates);
+    - live pairs no row matched (kept or updated) are retired.
+    The changes that need work go to `sync_plan` (change, pair_id, staged_id, source_row,
+    first_row, staged); kept and added pairs are only counted."""
+    _fill_missing_keys(conn)
+    run = lambda sql: conn.execute(sa.text(sql))  # noqa: E731
+    # Sorts and hashes over a whole version stay in memory (the default spills to disk).
+    run("SET LOCAL work_mem = '64MB'")
+    run("ANALYZE sync_in")
+    run("ANALYZE sync_live")
+    # `mixed`: the question comes again in the file with another answer.
+    run(
+        "CREATE TEMP TABLE sync_first ON COMMIT DROP AS SELECT DISTINCT ON (key) *, "
+        "min(content_hash) OVER k <> max(content_hash) OVER k AS mixed FROM sync_in "
+        "WINDOW k AS (PARTITION BY key) ORDER BY key, source_row"
+    )
+    run(
+        "CREATE TEMP TABLE sync_current ON COMMIT DROP AS "
+        "SELECT DISTINCT ON (key) * FROM sync_live ORDER BY key, pair_id"
+    )
+    run(
+        "CREATE TEMP TABLE sync_plan (change text, pair_id bigint, staged_id bigint, "
+        "source_row int, first_row int, staged bool) ON COMMIT DROP"
+    )
+    # One pass over the first rows: what each does, counted, and the changes that need work.
+    counts = dict(
+        conn.execute(
+            sa.text(
+                "WITH firsts AS MATERIALIZED (SELECT m.change, c.pair_id AS live_id, "
+                f"f.pair_id, f.source_row, f.staged {_FIRSTS}), planned AS ("
+                "INSERT INTO sync_plan SELECT change, CASE WHEN change = 'updated' THEN live_id "
+                "ELSE pair_id END, pair_id, source_row, NULL, staged FROM firsts "
+                "WHERE change IN ('updated', 'revived')) "
+                "SELECT change, count(*) FROM firsts GROUP BY 1"
+            )
+        ).all()
+    )
+    run(
+        "INSERT INTO sync_plan SELECT 'repeated', i.pair_id, NULL, i.source_row, f.source_row, "
+        "i.staged FROM sync_first f JOIN sync_in i USING (key) WHERE f.mixed "
+        "AND i.source_row <> f.source_row AND i.content_hash <> f.content_hash"
+    )
+    run(
+        "INSERT INTO sync_plan (change, pair_id) SELECT 'retired', l.pair_id FROM sync_live l "
+        "WHERE NOT EXISTS (SELECT 1 FROM sync_current c JOIN sync_first f USING (key) "
+        "WHERE c.pair_id = l.pair_id AND (c.content_hash = f.content_hash OR f.staged))"
+    )
+    counts |= dict(
+        conn.execute(
+            sa.text(
+                "SELECT change, count(*) FROM sync_plan "
+                "WHERE change IN ('retired', 'repeated') GROUP BY 1"
+            )
+        ).all()
+    )
+    live_before = conn.scalar(sa.text("SELECT count(*) FROM sync_live"))
+    return SyncPlan(live_before=live_before, **counts)
+
+
+def _drop_staging(conn: Connection) -> None:
+    for table in _STAGING:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+
+
+def _report_repeated(conn: Connection, job_id: uuid.UUID) -> None:
+    """A second row with a question already in the file and another answer becomes a row
+    error: its pair (or its duplicate record) goes, the first row with that question stays."""
+    params = {"j": job_id, "code": DUPLICATE_QUESTION}
     conn.execute(
         sa.text(
             "INSERT INTO import_row_error (import_job_id, source_row, error_code, message, "
-            "raw_excerpt) SELECT :j, r, :code, 'the question of row ' || first || ' again, with "
-            "another answer (a pair''s identity within a source is its normalised question): "
-            "row ignored', "
-            "left(q, 500) FROM unnest(CAST(:rows AS int[]), CAST(:firsts AS int[]), "
-            "CAST(:questions AS text[])) AS t(r, first, q)"
+            "raw_excerpt) SELECT :j, s.source_row, :code, 'the question of row ' || "
+            "s.first_row || ' again, with another answer (a pair''s identity within a source "
+            "is its normalised question): row ignored', left(p.question, 500) "
+            "FROM sync_plan s JOIN qa_pair p ON p.id = s.pair_id WHERE s.change = 'repeated'"
         ),
-        {
-            "j": job_id,
-            "code": DUPLICATE_QUESTION,
-            "rows": [row.source_row for row, _ in plan.repeated],
-            "firsts": [first for _, first in plan.repeated],
-            "questions": [row.question for row, _ in plan.repeated],
-        },
+        params,
     )
     conn.execute(
         sa.text(
-            "UPDATE import_job SET pairs_created = pairs_created - :staged, "
-            "duplicates_skipped = duplicates_skipped - :skipped, "
-            "row_errors = row_errors + :n WHERE id = :j"
+            "DELETE FROM qa_pair WHERE id IN "
+            "(SELECT pair_id FROM sync_plan WHERE change = 'repeated' AND staged)"
+        )
+    )
+    conn.execute(
+        sa.text(
+            "DELETE FROM import_duplicate WHERE import_job_id = :j AND source_row IN "
+            "(SELECT source_row FROM sync_plan WHERE change = 'repeated' AND NOT staged)"
         ),
-        {"j": job_id, "staged": len(staged), "skipped": len(skipped), "n": len(plan.repeated)},
+        params,
+    )
+    conn.execute(
+        sa.text(
+            "UPDATE import_job j SET pairs_created = pairs_created - r.staged, "
+            "duplicates_skipped = duplicates_skipped - r.skipped, "
+            "row_errors = row_errors + r.staged + r.skipped FROM (SELECT "
+            "count(*) FILTER (WHERE staged) AS staged, count(*) FILTER (WHERE NOT staged) "
+            "AS skipped FROM sync_plan WHERE change = 'repeated') r WHERE j.id = :j"
+        ),
+        params,
     )
 
 
 OLD_COLUMNS = (
-    "import_job_id, source_row, question, answer, category, content_hash, embedding, "
-    "embedding_status, embedding_model, embedding_attempts, embedding_error, "
+    "import_job_id, source_row, question, answer, category, content_hash, question_key, "
+    "embedding, embedding_status, embedding_model, embedding_attempts, embedding_error, "
     "embedding_truncated, embedded_at, retired_at"
 )
-_LOG = sa.text(
+_LOG = (
     "INSERT INTO qa_pair_change (import_job_id, qa_pair_id, change, "
     + ", ".join(f"old_{c.strip()}" for c in OLD_COLUMNS.split(","))
-    + f") SELECT :j, id, :change, {OLD_COLUMNS} FROM qa_pair WHERE id = ANY(:ids)"
+    + f") SELECT :j, id, :change, {OLD_COLUMNS} FROM qa_pair WHERE id IN "
+)
+_PLANNED = "(SELECT pair_id FROM sync_plan WHERE change = '{}')"
+_RETIRED = (
+    "(SELECT pair_id FROM sync_plan s WHERE change = 'retired' "
+    "AND NOT EXISTS (SELECT 1 FROM sync_heir h WHERE h.pair_id = s.pair_id))"
 )
 
 
-def _apply(conn: Connection, job, plan: SyncPlan) -> int:
+def _apply(conn: Connection, job) -> int:
     """Apply the plan, each change logged first with the values it replaces; returns how many
     pairs the source let go of went to another import that holds them."""
+    _stage_heirs(conn, job)
 
-    def log(change: str, ids: list[int]) -> None:
-        if ids:
-            conn.execute(_LOG, {"j": job.id, "change": change, "ids": ids})
+    def log(change: str, ids: str) -> None:
+        conn.execute(sa.text(_LOG + ids), {"j": job.id, "change": change})
 
-    heirs = _heirs(conn, job, plan.retired)
-    retired = [pair for pair in plan.retired if pair not in heirs]
-    log("updated", [live for _, live in plan.updated])
-    log("retired", retired)
-    log("revived", plan.revived)
-    log("handed", list(heirs))
-    if plan.updated:
-        _update_in_place(conn, plan.updated)
-    if retired:
-        conn.execute(
-            sa.text("UPDATE qa_pair SET retired_at = now() WHERE id = ANY(:ids)"),
-            {"ids": retired},
-        )
-    _hand_over(conn, heirs)
-    if plan.revived:
-        conn.execute(
-            sa.text("UPDATE qa_pair SET retired_at = NULL WHERE id = ANY(:ids)"),
-            {"ids": plan.revived},
-        )
-    return len(heirs)
+    log("updated", _PLANNED.format("updated"))
+    log("retired", _RETIRED)
+    log("revived", _PLANNED.format("revived"))
+    log("handed", "(SELECT pair_id FROM sync_heir)")
+    _update_in_place(conn)
+    conn.execute(sa.text(f"UPDATE qa_pair SET retired_at = now() WHERE id IN {_RETIRED}"))
+    handed = _hand_over(conn)
+    conn.execute(
+        sa.text(f"UPDATE qa_pair SET retired_at = NULL WHERE id IN {_PLANNED.format('revived')}")
+    )
+    return handed
 
 
-def _heirs(conn: Connection, job, pair_ids: list[int]) -> dict[int, tuple[uuid.UUID, int]]:
+def _stage_heirs(conn: Connection, job) -> None:
     """Of the pairs the source lets go, those another import in place also holds (it skipped
-    them as duplicates): pair -> (that import, its row), the earliest such import."""
-    if not pair_ids:
-        return {}
-    rows = conn.execute(
+    them as duplicates): `sync_heir` (pair_id, job_id, source_row), the earliest such import."""
+    conn.execute(
         sa.text(
-            "SELECT DISTINCT ON (d.qa_pair_id) d.qa_pair_id, d.import_job_id, d.source_row "
+            "CREATE TEMP TABLE sync_heir ON COMMIT DROP AS "
+            "SELECT DISTINCT ON (d.qa_pair_id) d.qa_pair_id AS pair_id, "
+            "d.import_job_id AS job_id, d.source_row "
             "FROM import_duplicate d JOIN import_job j ON j.id = d.import_job_id "
-            "WHERE d.qa_pair_id = ANY(:ids) AND d.import_job_id <> :j "
+            f"WHERE d.qa_pair_id IN {_PLANNED.format('retired')} AND d.import_job_id <> :j "
             "AND j.status = ANY(:published) AND j.source_key IS DISTINCT FROM :k "
             "ORDER BY d.qa_pair_id, j.created_at, d.source_row"
         ),
-        {"ids": pair_ids, "j": job.id, "k": job.source_key,
-         "published": list(PUBLISHED_JOB_STATUSES)},
-    )  # fmt: skip
-    return {r[0]: (r[1], r[2]) for r in rows}
+        {"j": job.id, "k": job.source_key, "published": list(PUBLISHED_JOB_STATUSES)},
+    )
 
 
-def _hand_over(conn: Connection, heirs: dict[int, tuple[uuid.UUID, int]]) -> None:
+def _hand_over(conn: Connection) -> int:
     """Such a pair stays in the knowledge base, now the other import's (as a rollback hands
     it over): its row there stops counting as a duplicate."""
-    if not heirs:
-        return
-    params = {
-        "ids": list(heirs),
-        "jobs": [str(job_id) for job_id, _ in heirs.values()],
-        "rows": [row for _, row in heirs.values()],
-    }
-    conn.execute(
-        sa.text(
-            "CREATE TEMP TABLE sync_heir ON COMMIT DROP AS SELECT * FROM unnest("
-            "CAST(:ids AS bigint[]), CAST(:jobs AS uuid[]), CAST(:rows AS int[])) "
-            "AS h(pair_id, job_id, source_row)"
-        ),
-        params,
-    )
+    handed = conn.scalar(sa.text("SELECT count(*) FROM sync_heir"))
+    if not handed:
+        return 0
     conn.execute(
         sa.text(
             "UPDATE qa_pair p SET import_job_id = h.job_id, source_row = h.source_row "
@@ -268,7 +383,7 @@ def _hand_over(conn: Connection, heirs: dict[int, tuple[uuid.UUID, int]]) -> Non
         )
     )
     recount(conn, "sync_heir", "job_id", +1)
-    conn.execute(sa.text("DROP TABLE sync_heir"))
+    return handed
 
 
 def recount(conn: Connection, table: str, job_column: str, sign: int) -> None:
@@ -283,17 +398,16 @@ def recount(conn: Connection, table: str, job_column: str, sign: int) -> None:
     )
 
 
-def _update_in_place(conn: Connection, updated: list[tuple[int, int]]) -> None:
+def _update_in_place(conn: Connection) -> None:
     """The live pair takes the new row's content and place (this version now holds it); the
     new row goes. A vector the new row already has is taken over; else the pair keeps its old
     vector (still found by its unchanged question) until the re-embedding replaces it."""
     conn.execute(
         sa.text(
             "CREATE TEMP TABLE sync_update ON COMMIT DROP AS "
-            "SELECT m.live_id, p.* FROM qa_pair p JOIN unnest(CAST(:staged AS bigint[]), "
-            "CAST(:live AS bigint[])) AS m(staged_id, live_id) ON p.id = m.staged_id"
-        ),
-        {"staged": [s for s, _ in updated], "live": [live for _, live in updated]},
+            "SELECT m.pair_id AS live_id, p.* FROM qa_pair p JOIN sync_plan m "
+            "ON p.id = m.staged_id WHERE m.change = 'updated'"
+        )
     )
     conn.execute(sa.text("DELETE FROM qa_pair p USING sync_update s WHERE p.id = s.id"))
     # Another import that skipped the new row's content as a duplicate now points at the pair.
@@ -307,7 +421,8 @@ def _update_in_place(conn: Connection, updated: list[tuple[int, int]]) -> None:
         sa.text(
             "UPDATE qa_pair p SET import_job_id = s.import_job_id, source_row = s.source_row, "
             "question = s.question, answer = s.answer, category = s.category, "
-            "content_hash = s.content_hash, embedding_error = NULL, "
+            "content_hash = s.content_hash, question_key = s.question_key, "
+            "embedding_error = NULL, "
             "embedding = CASE WHEN s.embedding_status = 'completed' THEN s.embedding "
             "ELSE p.embedding END, "
             "embedding_model = CASE WHEN s.embedding_status = 'completed' THEN s.embedding_model "
@@ -324,31 +439,38 @@ def _update_in_place(conn: Connection, updated: list[tuple[int, int]]) -> None:
     conn.execute(sa.text("DROP TABLE sync_update"))
 
 
-def _first_changes(conn: Connection, job_id: uuid.UUID, plan: SyncPlan) -> list[dict]:
-    """The first changes of the version, for its materialization (before they are applied)."""
-    picks = [("updated", live, staged) for staged, live in plan.updated[:CHANGES_SHOWN]]
-    picks += [("added", pid, pid) for pid in plan.added[:CHANGES_SHOWN]]
-    picks += [("added", pid, pid) for pid in plan.revived[:CHANGES_SHOWN]]
-    picks += [("retired", pid, pid) for pid in plan.retired[:CHANGES_SHOWN]]
-    ids = sorted({pid for _, a, b in picks for pid in (a, b)})
-    rows = conn.execute(
-        sa.text("SELECT id, question, answer FROM qa_pair WHERE id = ANY(:ids)"), {"ids": ids}
+def _first_changes(conn: Connection) -> list[dict]:
+    """The first changes of the version, for its materialization (before they are applied):
+    changed pairs with their question and their answers before and after."""
+    picks = (
+        "(SELECT * FROM (SELECT change, pair_id, staged_id, source_row, row_number() OVER "
+        "(PARTITION BY change ORDER BY source_row, pair_id) AS n FROM sync_plan "
+        "WHERE change IN ('updated', 'revived', 'retired')) ranked WHERE n <= :shown "
+        "UNION ALL (SELECT 'added', f.pair_id, f.pair_id, f.source_row, 0 "
+        f"{_FIRSTS} WHERE m.change = 'added' ORDER BY f.source_row LIMIT :shown))"
     )
-    text = {r.id: (r.question, r.answer) for r in rows}
-    changes = []
-    for change, pair_id, new_id in picks[: CHANGES_SHOWN * 2]:
-        old_answer = text[pair_id][1] if change != "added" else ""
-        new_answer = text[new_id][1] if change != "retired" else ""
-        changes.append(
-            {
-                "change": change,
-                "qa_pair_id": pair_id,
-                "question": text[new_id][0][:200],
-                "old_answer": old_answer[:200],
-                "new_answer": new_answer[:200],
-            }
-        )
-    return changes[:CHANGES_SHOWN]
+    rows = conn.execute(
+        sa.text(
+            "SELECT s.change, s.pair_id, coalesce(n.question, o.question) AS question, "
+            "CASE WHEN s.change IN ('updated', 'retired') THEN o.answer ELSE '' END "
+            "AS old_answer, CASE WHEN s.change = 'retired' THEN '' ELSE n.answer END "
+            f"AS new_answer FROM {picks} s JOIN qa_pair o ON o.id = s.pair_id "
+            "LEFT JOIN qa_pair n ON n.id = CASE s.change WHEN 'retired' THEN NULL "
+            "ELSE s.staged_id END ORDER BY array_position("
+            "ARRAY['updated', 'added', 'revived', 'retired'], s.change), s.source_row, s.pair_id"
+        ),
+        {"shown": CHANGES_SHOWN},
+    )
+    return [
+        {
+            "change": "added" if r.change == "revived" else r.change,
+            "qa_pair_id": r.pair_id,
+            "question": r.question[:200],
+            "old_answer": r.old_answer[:200],
+            "new_answer": r.new_answer[:200],
+        }
+        for r in rows.all()[:CHANGES_SHOWN]
+    ]
 
 
 # Imports whose pairs are not (or no longer) the knowledge base: source versions before their

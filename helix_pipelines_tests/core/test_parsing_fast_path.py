@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helix_pipelines.core.normalize import clean_text, content_hash, hash_key
+from helix_pipelines.core.normalize import clean_text, content_hash, hash_key, question_key
 from helix_pipelines.core.parsing import FileUnreadable, ParseOptions, fast_csv, open_source
 from helix_pipelines.core.parsing.csv_reader import DelimitedSource
 from helix_pipelines_tests.core.parsing_helpers import SHARED_DATA
@@ -226,11 +226,14 @@ def test_batch_hash_keys_equal_hash_key(values):
 
     keys = fast_csv._KeyColumn(pa.array(values, type=pa.string()))
     assert [keys.key(row) for row in range(len(values))] == [hash_key(value) for value in values]
-    # The batch digests (joined keys, special rows hashed again) are content_hash itself.
+    # The batch digests (joined keys, special rows hashed again) are content_hash itself, and
+    # the question keys read out of the same pass are question_key itself.
     answers = fast_csv._KeyColumn(pa.array(values[::-1], type=pa.string()))
     wanted = np.ones(len(values), dtype=bool)
     expected = [content_hash(q, a) for q, a in zip(values, values[::-1], strict=True)]
-    assert fast_csv._digests(keys, answers, wanted) == expected
+    digests, question_keys = fast_csv._digests(keys, answers, wanted)
+    assert digests == expected
+    assert [bytes(key) for key in question_keys] == [question_key(q) for q in values]
 
 
 def test_unicode_constants_equal_their_definitions():

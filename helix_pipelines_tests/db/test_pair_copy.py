@@ -8,8 +8,9 @@ import uuid
 
 import numpy as np
 
+from helix_pipelines.core.normalize import question_key
 from helix_pipelines.core.parsing import Pair, open_source
-from helix_pipelines.core.parsing.pair_block import PairBlock
+from helix_pipelines.core.parsing.pair_block import PairBlock, question_keys
 from helix_pipelines.db import jobs, pair_copy
 from helix_pipelines.db.batches import Batch, commit_batch
 from helix_pipelines_tests.pipeline.import_checks import empty_tables
@@ -47,6 +48,12 @@ def test_every_value_round_trips_and_an_empty_category_is_null(engine):
     with engine.begin() as conn:
         pair_copy.copy_pairs(conn.connection.driver_connection.cursor(), job.id, block)
     assert stored(engine, job.id) == [tuple(p) for p in pairs]
+    with engine.connect() as conn:
+        keys = conn.exec_driver_sql(
+            "SELECT question_key FROM qa_pair WHERE import_job_id = %s ORDER BY source_row",
+            (job.id,),
+        ).scalars()
+        assert [key.bytes for key in keys] == [question_key(p.question) for p in pairs]
     empty_tables(engine)
 
 
@@ -77,3 +84,6 @@ def test_the_fast_path_keeps_plain_pairs_as_columns(tmp_path):
     assert sum(len(item) for item in items) == 3000
     # ...and turn into the same Pairs as before when asked.
     assert chunks[0].pairs[0] == Pair(1, "Question 0?", "Answer 0.", "Cat", chunks[0].pairs[0][4])
+    # The question keys came out of the same hashing pass as the content hashes.
+    block = items[0]
+    assert block.question_keys.tobytes() == question_keys(block.questions.to_pylist()).tobytes()

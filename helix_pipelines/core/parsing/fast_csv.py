@@ -25,9 +25,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from helix_pipelines.core.normalize import CONTROL_BYTES, HASH_SEPARATOR_BYTES, hash_key
+from helix_pipelines.core.normalize import (
+    CONTROL_BYTES,
+    HASH_SEPARATOR_BYTES,
+    QUESTION_KEY_BYTES,
+    hash_key,
+)
 from helix_pipelines.core.parsing.base import Pair, RowError
 from helix_pipelines.core.parsing.pair_block import (
+    QUESTION_KEY,
     PairBlock,
     binary_array,
     value_offsets,
@@ -253,10 +259,10 @@ class _BatchChecker:
         questions = _clean(columns[question_index])
         answers = _clean(columns[answer_index])
         fine = _fits(questions, self.max_question) & _fits(answers, self.max_answer)
-        digests = _digests(_KeyColumn(questions), _KeyColumn(answers), fine)
+        digests, keys = _digests(_KeyColumn(questions), _KeyColumn(answers), fine)
         rows = np.arange(first_row, first_row + len(fine), dtype=np.int64)
         categories = self._categories(columns, category_index)
-        block = PairBlock(rows, questions, answers, categories, digests)
+        block = PairBlock(rows, questions, answers, categories, digests, keys)
         if fine.all():  # the usual batch
             return [block], len(block)
         out: list[PairBlock | Pair | RowError | int] = []
@@ -541,21 +547,35 @@ def _numpy(array: pa.Array) -> np.ndarray:
 _SEPARATOR = binary_array(np.array([0, 1], dtype=np.int32), HASH_SEPARATOR_BYTES)[0]
 
 
-def _digests(questions: _KeyColumn, answers: _KeyColumn, wanted: np.ndarray) -> list[str | None]:
-    """``content_hash`` of every record: the keys are joined by pyarrow, one SHA-256 a record
-    over a slice of the joined bytes. Special rows are hashed again from their exact keys."""
+def _digests(
+    questions: _KeyColumn, answers: _KeyColumn, wanted: np.ndarray
+) -> tuple[list[str | None], np.ndarray]:
+    """``content_hash`` and ``question_key`` of every record: the keys are joined by pyarrow,
+    one SHA-256 a record over a slice of the joined bytes, its state after the question read
+    out on the way. Special rows are hashed again from their exact keys."""
     joined = pc.binary_join_element_wise(questions.array(), answers.array(), _SEPARATOR)
     data, offsets = _layout(joined)
     blob, edges = data.tobytes(), offsets.tolist()
+    # Where each question's part (its key and the separator) ends.
+    middles = (offsets[:-1] + np.diff(questions.offsets) + 1).tolist()
     sha256 = hashlib.sha256
-    digests: list[str | None] = [
-        sha256(blob[start:end]).hexdigest() for start, end in zip(edges, edges[1:], strict=False)
-    ]
+    digests: list[str | None] = []
+    states: list[bytes] = []
+    digest, state = digests.append, states.append
+    for start, middle, end in zip(edges, middles, edges[1:], strict=False):
+        hashing = sha256(blob[start:middle])
+        state(hashing.digest())
+        hashing.update(blob[middle:end])
+        digest(hashing.hexdigest())
     separator = HASH_SEPARATOR_BYTES
     for row in questions.special | answers.special:
-        digests[row] = (
-            sha256(questions.key(row) + separator + answers.key(row)).hexdigest()
-            if wanted[row]
-            else None
-        )
-    return digests
+        if not wanted[row]:
+            digests[row] = None
+            continue
+        hashing = sha256(questions.key(row) + separator)
+        states[row] = hashing.digest()
+        hashing.update(answers.key(row))
+        digests[row] = hashing.hexdigest()
+    full = np.frombuffer(b"".join(states), dtype=np.uint8).reshape(-1, 32)
+    keys = np.ascontiguousarray(full[:, :QUESTION_KEY_BYTES]).view(QUESTION_KEY).reshape(-1)
+    return digests, keys

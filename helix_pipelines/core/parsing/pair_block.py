@@ -12,7 +12,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
+from helix_pipelines.core.normalize import QUESTION_KEY_BYTES, question_key
 from helix_pipelines.core.parsing.base import Pair
+
+QUESTION_KEY = np.dtype(f"V{QUESTION_KEY_BYTES}")
 
 
 def binary_array(
@@ -32,6 +35,10 @@ def utf8_array(texts: Sequence[str]) -> pa.Array:
     return binary_array(offsets, b"".join(encoded), pa.string())
 
 
+def question_keys(questions: Sequence[str]) -> np.ndarray:
+    return np.array([question_key(question) for question in questions], dtype=QUESTION_KEY)
+
+
 def value_offsets(array: pa.Array) -> np.ndarray:
     """The ``n + 1`` int32 offsets of a string or binary array's values into its data buffer."""
     return np.frombuffer(
@@ -46,9 +53,12 @@ def value_sizes(array: pa.Array) -> np.ndarray:
 
 class PairBlock:
     """``source_rows`` (int64), cleaned ``questions``, ``answers`` and ``categories`` (string
-    arrays without nulls; an empty category means none) and the ``content_hashes``."""
+    arrays without nulls; an empty category means none), the ``content_hashes`` and the
+    ``question_keys`` (``QUESTION_KEY`` array, see normalize.question_key)."""
 
-    __slots__ = ("source_rows", "questions", "answers", "categories", "content_hashes")
+    __slots__ = (
+        "source_rows", "questions", "answers", "categories", "content_hashes", "question_keys"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -57,10 +67,12 @@ class PairBlock:
         answers: pa.Array,
         categories: pa.Array,
         content_hashes: list[str],
+        question_keys: np.ndarray,
     ) -> None:
         self.source_rows = source_rows
         self.questions, self.answers, self.categories = questions, answers, categories
         self.content_hashes = content_hashes
+        self.question_keys = question_keys
 
     @classmethod
     def of(cls, pairs: Sequence[Pair]) -> PairBlock:
@@ -70,6 +82,7 @@ class PairBlock:
             utf8_array([p.answer for p in pairs]),
             utf8_array([p.category or "" for p in pairs]),
             [p.content_hash for p in pairs],
+            question_keys([p.question for p in pairs]),
         )
 
     @classmethod
@@ -85,6 +98,7 @@ class PairBlock:
             pa.concat_arrays([b.answers for b in blocks]),
             pa.concat_arrays([b.categories for b in blocks]),
             [digest for b in blocks for digest in b.content_hashes],
+            np.concatenate([b.question_keys for b in blocks]),
         )
 
     def __len__(self) -> int:
@@ -98,6 +112,7 @@ class PairBlock:
             self.answers.slice(start, stop - start),
             self.categories.slice(start, stop - start),
             self.content_hashes[start:stop],
+            self.question_keys[start:stop],
         )
 
     def take(self, positions: np.ndarray) -> PairBlock:
@@ -113,6 +128,7 @@ class PairBlock:
             self.answers.take(taken),
             self.categories.take(taken),
             [hashes[position] for position in positions.tolist()],
+            self.question_keys[positions],
         )
 
     def text_bytes(self) -> int:
