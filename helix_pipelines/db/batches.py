@@ -126,11 +126,13 @@ def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, li
     literal = "{" + ",".join(distinct) + "}"
     # While a table fills faster than autovacuum analyses it, the planner believes it is small
     # and scans it whole for every batch: quadratic in the import. Thousands of probes into an
-    # index are right at any size.
+    # index are right at any size. One probe of the hash index per hash: `= ANY` would make a
+    # bitmap of them all first.
     conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
     seen = set(
         conn.exec_driver_sql(
-            "SELECT content_hash FROM qa_pair WHERE content_hash = ANY(%s::text[])",
+            "SELECT h FROM unnest(%s::text[]) AS h "
+            "WHERE EXISTS (SELECT FROM qa_pair WHERE content_hash = h)",
             (literal,),
         ).scalars()
     )

@@ -111,6 +111,8 @@ def test_unique_keys_and_indexes(session_engine):
     # import_job_id alone only slowed COPY (dropped in 0007).
     assert "ix_qa_pair_import_job_id" not in indexes
     assert any("btree (import_job_id, source_row)" in d for d in indexes.values()), indexes
+    # Content hashes are looked up by equality only: a hash index (0009).
+    assert "USING hash (content_hash)" in indexes["ix_qa_pair_content_hash"]
     fks = inspector.get_foreign_keys("qa_pair")
     assert [fk["referred_table"] for fk in fks] == ["import_job"]
 
