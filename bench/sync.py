@@ -56,7 +56,8 @@ def versions(n: int) -> tuple[list, list]:
 def empty(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "TRUNCATE qa_pair, import_row_error, import_duplicate, qa_pair_change, import_job CASCADE"
+            "TRUNCATE qa_pair, import_row_error, import_duplicate, qa_pair_change, import_job "
+            "CASCADE"
         )
 
 
