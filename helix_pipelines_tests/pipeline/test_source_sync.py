@@ -237,3 +237,19 @@ def test_a_pair_another_source_also_holds_is_handed_over_not_retired(engine, tmp
     assert snapshot(engine) == before
     b_back = jobs.get_job(engine, b.id)
     assert (b_back.pairs_created, b_back.duplicates_skipped) == (1, 1)
+
+
+def test_pairs_stored_before_question_keys_are_matched_by_their_question(engine, tmp_path):
+    """Pairs written before migration 0008 (or by other tools) have no question key: the swap
+    computes theirs, and the version applies as if they had one."""
+    import_version(engine, write(tmp_path / "old.csv", rows(100)))
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE qa_pair SET question_key = NULL"))
+    before = snapshot(engine)
+    v2 = import_version(engine, write(tmp_path / "old (2).csv", rows(90, changed=range(5))))
+    sync = v2.checkpoint_data["sync"]
+    assert {k: sync[k] for k in ("kept", "updated", "added", "retired")} == {
+        "kept": 85, "updated": 5, "added": 0, "retired": 10,
+    }  # fmt: skip
+    jobs.rollback_job(engine, v2.id)
+    assert snapshot(engine) == before
