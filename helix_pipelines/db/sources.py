@@ -449,11 +449,14 @@ def _update_in_place(conn: Connection) -> None:
 def _first_changes(conn: Connection) -> list[dict]:
     """The first changes of the version, for its materialization (before they are applied):
     changed pairs with their question and their answers before and after."""
+    # The first few of each kind: a top-N each, not a sort of a whole (maybe huge) change.
+    planned = " UNION ALL ".join(
+        f"(SELECT change, pair_id, staged_id, source_row FROM sync_plan WHERE change = "
+        f"'{change}' ORDER BY source_row, pair_id LIMIT :shown)"
+        for change in ("updated", "revived", "retired")
+    )
     picks = (
-        "(SELECT * FROM (SELECT change, pair_id, staged_id, source_row, row_number() OVER "
-        "(PARTITION BY change ORDER BY source_row, pair_id) AS n FROM sync_plan "
-        "WHERE change IN ('updated', 'revived', 'retired')) ranked WHERE n <= :shown "
-        "UNION ALL (SELECT 'added', f.pair_id, f.pair_id, f.source_row, 0 "
+        f"({planned} UNION ALL (SELECT 'added', f.pair_id, f.pair_id, f.source_row "
         f"{_FIRSTS} WHERE m.change = 'added' ORDER BY f.source_row LIMIT :shown))"
     )
     rows = conn.execute(
