@@ -165,10 +165,11 @@ def _fill_missing_keys(conn: Connection) -> None:
     here, into the staging tables only: rewriting qa_pair would re-insert their vectors into
     the HNSW index. Streamed, so memory stays flat however many there are."""
     cursor = conn.connection.driver_connection.cursor(name="sync_missing_keys")
+    # Driven from the staging tables (usually no row), each found pair fetched by its id.
     cursor.execute(
-        "SELECT p.id, p.question FROM qa_pair p WHERE p.id IN ("
-        "SELECT pair_id FROM sync_in WHERE key IS NULL "
-        "UNION SELECT pair_id FROM sync_live WHERE key IS NULL)"
+        "SELECT p.id, p.question FROM (SELECT pair_id FROM sync_in WHERE key IS NULL "
+        "UNION SELECT pair_id FROM sync_live WHERE key IS NULL) m "
+        "JOIN qa_pair p ON p.id = m.pair_id"
     )
     conn.execute(sa.text("CREATE TEMP TABLE sync_key (pair_id bigint, key uuid) ON COMMIT DROP"))
     writer = conn.connection.driver_connection.cursor()
@@ -179,6 +180,8 @@ def _fill_missing_keys(conn: Connection) -> None:
             for pair_id, question in rows:
                 copy.write_row((pair_id, uuid.UUID(bytes=question_key(question))))
     cursor.close()
+    if missing:
+        conn.execute(sa.text("ANALYZE sync_key"))
     for table in ("sync_in", "sync_live") if missing else ():
         conn.execute(
             sa.text(
@@ -215,6 +218,8 @@ def plan_sync(conn: Connection) -> SyncPlan:
     run = lambda sql: conn.execute(sa.text(sql))  # noqa: E731
     # Sorts and hashes over a whole version stay in memory (the default spills to disk).
     run("SET LOCAL work_mem = '64MB'")
+    # Every staging table is analysed once filled: without statistics the planner may join
+    # them row by row (minutes for a version of 500,000 rows).
     run("ANALYZE sync_in")
     run("ANALYZE sync_live")
     # `mixed`: the question comes again in the file with another answer.
@@ -227,6 +232,8 @@ def plan_sync(conn: Connection) -> SyncPlan:
         "CREATE TEMP TABLE sync_current ON COMMIT DROP AS "
         "SELECT DISTINCT ON (key) * FROM sync_live ORDER BY key, pair_id"
     )
+    run("ANALYZE sync_first")
+    run("ANALYZE sync_current")
     run(
         "CREATE TEMP TABLE sync_plan (change text, pair_id bigint, staged_id bigint, "
         "source_row int, first_row int, staged bool) ON COMMIT DROP"
@@ -254,7 +261,6 @@ def plan_sync(conn: Connection) -> SyncPlan:
         "WHERE NOT EXISTS (SELECT 1 FROM sync_current c JOIN sync_first f USING (key) "
         "WHERE c.pair_id = l.pair_id AND (c.content_hash = f.content_hash OR f.staged))"
     )
-    # Without statistics the planner may join sync_plan row by row (minutes at this size).
     run("ANALYZE sync_plan")
     counts |= dict(
         conn.execute(
