@@ -165,6 +165,8 @@ def _import_from(engine, job, report, run_id, options, observers, hook, started,
                 return report
             # Broken part-way: what was read stays; the damage is a row error where it begins.
             writer.write(_damage_batch(batches.next_row, batches.damage))
+        else:
+            writer.reading.read_to_end(writer.rows)
         report.summary = source.summary.as_dict()
     jobs.set_format(engine, job.id, source.summary.file_format, report.summary)
     report.job = jobs.finish_job(
@@ -393,6 +395,12 @@ class FilePosition:
     def report(self, rows: int) -> None:
         if self.on_progress is not None:
             self.on_progress(ImportProgress(rows, self.position, self.total))
+
+    def read_to_end(self, rows: int) -> None:
+        """Every record is committed: the whole file is read, whatever the estimate said (a
+        file whose later records are longer than its first MiB's stays short of its size)."""
+        self.position = self.total
+        self.report(rows)
 
 
 SAMPLE_BYTES = 1024**2

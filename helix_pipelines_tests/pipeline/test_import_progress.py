@@ -30,3 +30,21 @@ def test_progress_reports_bytes_read_rising_to_the_file_size(engine, tmp_path):
     checkpoint = jobs.get_job(engine, job.id).checkpoint_data
     assert checkpoint["bytes_total"] == size
     assert 0 < checkpoint["bytes_read"] <= size
+
+
+def test_a_file_read_to_its_end_reports_all_of_it(engine, tmp_path):
+    """The position is estimated from the first MiB's bytes per record: a file whose later
+    records are longer stays short of its size until the reader has read it all."""
+    empty_tables(engine)
+    path = tmp_path / "growing.csv"
+    with path.open("w", encoding="utf-8") as out:
+        out.write("question,answer\n")
+        for n in range(20_000):
+            out.write(f"Question {n}?,{'Answer ' * (2 if n < 10_000 else 40)}{n}.\n")
+    job = register(engine, path)
+    seen = []
+    import_file(engine, job.id, run_id="r", on_progress=seen.append)
+
+    size = path.stat().st_size
+    assert seen[-2].bytes_read < 0.9 * size  # the estimate, short of the end
+    assert seen[-1].bytes_read == size and seen[-1].rows == 20_000
