@@ -78,18 +78,30 @@ def forget(engine: Engine, run_ids: list[str]) -> None:
 
 
 def beat(engine: Engine, run_id: str, job_id: uuid.UUID | None = None) -> None:
+    """The run's heartbeat, committed on its own: it is the evidence recovery reads. The job's
+    `heartbeat_at` follows unless the job's row is locked, which only the run's own batch or
+    completing transaction does (and that sets it too): a version swap of minutes must not hold
+    the run's heartbeat back until it looks dead."""
     with engine.begin() as conn:
         conn.execute(
             sa.update(run_heartbeat)
             .where(run_heartbeat.c.run_id == run_id)
             .values(heartbeat_at=sa.func.now())
         )
-        if job_id is not None:
-            conn.execute(
-                sa.update(import_job)
-                .where(import_job.c.id == job_id, import_job.c.dagster_run_id == run_id)
-                .values(heartbeat_at=sa.func.now())
-            )
+    if job_id is None:
+        return
+    with engine.begin() as conn:
+        unlocked = (
+            sa.select(import_job.c.id)
+            .where(import_job.c.id == job_id, import_job.c.dagster_run_id == run_id)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        conn.execute(
+            sa.update(import_job)
+            .where(import_job.c.id == unlocked)
+            .values(heartbeat_at=sa.func.now())
+        )
 
 
 class Heartbeat:
