@@ -186,4 +186,8 @@ def record_in_a_run(
     def recording_job():
         record()
 
-    return recording_job.execute_in_process(instance=instance, tags=tags or {}).run_id
+    # The events are in the run's log (the UI); a command's own output stays its summary.
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    return recording_job.execute_in_process(
+        instance=instance, tags=tags or {}, run_config=quiet
+    ).run_id
