@@ -173,6 +173,7 @@ def _run_import(
     from helix_pipelines.db.liveness import Heartbeat
     from helix_pipelines.definitions import defs
     from helix_pipelines.defs.partitions import import_files
+    from helix_pipelines.defs.reporting import console_log_config
 
     if not instance.has_dynamic_partition(import_files.name, partition_key):
         instance.add_dynamic_partitions(import_files.name, [partition_key])
@@ -189,14 +190,8 @@ def _run_import(
             raise_on_error=False,
             run_id=run_id,
             tags={"helix/launched_by": "cli"},
-            run_config=dagster_log_config(verbose),
+            run_config=console_log_config(verbose),
         )
-
-
-def dagster_log_config(verbose: bool) -> dict:
-    """The run's console logger: Dagster's event lines (DEBUG and INFO) only with `-v`; the run's
-    own log, with its progress lines, is in the UI either way."""
-    return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}}}
 
 
 def _recover(app, instance, settings: Settings, stale_after_s: float | None = None):

@@ -91,13 +91,11 @@ def sync_version(
     refusal = plan.refusal(max_retire_share, allow_shrink)
     summary = header | plan.counts() | {"retire_share": round(plan.retire_share, 4)}
     if refusal:
-        _drop_staging(conn)
         return SyncOutcome(summary | {"refused": refusal}, refused=refusal)
     if plan.repeated:
         _report_repeated(conn, job.id)
     changes = _first_changes(conn)
     handed = _apply(conn, job)
-    _drop_staging(conn)
     summary["handed_over"] = handed
     return SyncOutcome(summary | {"allow_shrink": allow_shrink, "first_changes": changes})
 
@@ -109,7 +107,8 @@ _STAGING = ("sync_in", "sync_live", "sync_first", "sync_current", "sync_plan", "
 
 def create_staging(conn: Connection) -> None:
     """The rows a plan reads: `sync_in`, the new version's rows that became (or matched) a
-    pair; `sync_live`, the pairs the source holds now."""
+    pair; `sync_live`, the pairs the source holds now. Every staging table goes with the
+    transaction; one left by an earlier plan in the same transaction goes here."""
     _drop_staging(conn)
     conn.execute(
         sa.text(

@@ -186,8 +186,13 @@ def record_in_a_run(
     def recording_job():
         record()
 
-    # The events are in the run's log (the UI); a command's own output stays its summary.
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     return recording_job.execute_in_process(
-        instance=instance, tags=tags or {}, run_config=quiet
+        instance=instance, tags=tags or {}, run_config=console_log_config()
     ).run_id
+
+
+def console_log_config(verbose: bool = False) -> dict:
+    """The console logger of a run a CLI command executes in process: Dagster's event lines
+    (DEBUG and INFO) only with `-v`, so the command's own output stays its summary; the run's
+    log, with its progress lines, is in the UI either way."""
+    return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}}}
