@@ -38,6 +38,13 @@ APP_DATABASE = "helix"
 PG_MAJOR = 18  # the PostgreSQL the embedded server runs
 # As root, pgserver runs PostgreSQL (which refuses root) as this system user, owner of pgdata.
 SYSTEM_USER = "pgserver"
+# Written with ALTER SYSTEM on every start where they differ. PostgreSQL's defaults (1GB, 5min)
+# checkpoint in the middle of a large import: every page an import wrote before the checkpoint
+# is then written to the WAL a second time, whole (data checksums log hint bits), when the
+# version swap first reads it, and every index page once more when the import next touches it.
+# The cost: pg_wal may hold up to this much during big imports, and a crash replays at most
+# about that much at the next start.
+SERVER_SETTINGS = {"max_wal_size": "4GB", "checkpoint_timeout": "15min"}
 
 
 class OldDataDirectory(RuntimeError):
@@ -195,6 +202,23 @@ class EmbeddedPostgres:
         # hook is dropped too, its bookkeeping is the one this module replaces.
         server = pgserver.get_server(self.pgdata, cleanup_mode=None)
         atexit.unregister(server._cleanup)
+        self._apply_settings()
+
+    def _apply_settings(self) -> None:
+        """SERVER_SETTINGS, persisted (postgresql.auto.conf) and in force from the reload."""
+        import psycopg
+
+        socket_dir = self._running_socket_dir()
+        with psycopg.connect(
+            host=socket_dir, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            changed = False
+            for name, value in SERVER_SETTINGS.items():
+                if conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0] != value:
+                    conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+                    changed = True
+            if changed:
+                conn.execute("SELECT pg_reload_conf()")
 
     def _stop_server(self) -> None:
         if self._running_socket_dir() is None and not self.server_pids():

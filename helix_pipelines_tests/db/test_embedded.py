@@ -12,7 +12,12 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from helix_pipelines.db.embedded import EmbeddedPostgres, OldDataDirectory, pg_exec
+from helix_pipelines.db.embedded import (
+    SERVER_SETTINGS,
+    EmbeddedPostgres,
+    OldDataDirectory,
+    pg_exec,
+)
 from helix_pipelines_tests.support.db_fixtures import clean_environment
 from helix_pipelines_tests.support.processes import wait_for
 
@@ -99,6 +104,25 @@ def test_stop_then_acquire_in_one_process_starts_it_again(home):
     assert not server.is_running()
     server.acquire()
     assert server.is_running() and server.server_pids()[0] != first
+
+
+def test_the_server_runs_with_its_checkpoint_settings_and_keeps_them(home):
+    server = EmbeddedPostgres(home)
+    server.acquire()
+
+    def settings() -> dict:
+        engine = sa.create_engine(server.url("postgres"))
+        with engine.connect() as conn:
+            found = {n: conn.scalar(sa.text(f"SHOW {n}")) for n in SERVER_SETTINGS}
+        engine.dispose()
+        return found
+
+    assert wait_for(lambda: settings() == SERVER_SETTINGS, 10, "the reload"), settings()
+    auto_conf = (home / "pgdata" / "postgresql.auto.conf").read_text()
+    assert all(f"{name} = '{value}'" in auto_conf for name, value in SERVER_SETTINGS.items())
+    server.stop()
+    server.acquire()
+    assert settings() == SERVER_SETTINGS
 
 
 # -- data directories of the former server (PostgreSQL 16) --------------------------------------
