@@ -193,6 +193,7 @@ class EmbeddedPostgres:
 
     def _start(self) -> None:
         self._refuse_other_major()
+        self._forget_dead_server()
         pgserver = _pgserver()
         self.pgdata.mkdir(parents=True, exist_ok=True)
         log.info("starting the embedded PostgreSQL in %s", self.pgdata)
@@ -203,6 +204,18 @@ class EmbeddedPostgres:
         server = pgserver.get_server(self.pgdata, cleanup_mode=None)
         atexit.unregister(server._cleanup)
         self._apply_settings()
+
+    def _forget_dead_server(self) -> None:
+        """A server killed (kill -9, the OOM killer) leaves its lock files behind. Where PID 1
+        does not reap at once (this sandbox; containers without an init), the dead postmaster
+        lingers as a zombie, which pgserver takes for a running server and PostgreSQL for
+        another postmaster: the server could not start again. A dead or zombie postmaster's
+        lock files go (PostgreSQL still refuses to start while any old backend is alive)."""
+        info = _read_postmaster(self.pgdata)
+        if info is None or _process_alive(info["pid"]):
+            return
+        (Path(info["socket_dir"]) / f".s.PGSQL.{info['port']}.lock").unlink(missing_ok=True)
+        (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
 
     def _apply_settings(self) -> None:
         """SERVER_SETTINGS, persisted (postgresql.auto.conf) and in force from the reload."""
@@ -282,7 +295,12 @@ def _read_postmaster(pgdata: Path) -> dict | None:
         return None
     if len(lines) < 8:
         return None  # the server is still writing it
-    return {"pid": int(lines[0]), "socket_dir": lines[4].strip(), "status": lines[7].strip()}
+    return {
+        "pid": int(lines[0]),
+        "port": lines[3].strip(),
+        "socket_dir": lines[4].strip(),
+        "status": lines[7].strip(),
+    }
 
 
 def _create_time(pid: int) -> float | None:

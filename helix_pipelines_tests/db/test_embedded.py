@@ -106,6 +106,27 @@ def test_stop_then_acquire_in_one_process_starts_it_again(home):
     assert server.is_running() and server.server_pids()[0] != first
 
 
+def test_a_killed_server_starts_again_with_its_data(home):
+    """kill -9 of every server process (an OOM kill): the next user starts it again, through
+    crash recovery, even while the dead postmaster lingers as a zombie (PID 1 here does not
+    reap it at once) and its lock files are left."""
+    server = EmbeddedPostgres(home)
+    server.acquire()
+    engine = sa.create_engine(server.url("postgres"), poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE kept AS SELECT 42 AS answer"))
+    killed = server.server_pids()
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not server.is_running(), 10, "the server to die")
+
+    server.acquire()
+    assert server.server_pids()[0] not in killed
+    engine = sa.create_engine(server.url("postgres"), poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT answer FROM kept")) == 42
+
+
 def test_the_server_runs_with_its_checkpoint_settings_and_keeps_them(home):
     server = EmbeddedPostgres(home)
     server.acquire()
