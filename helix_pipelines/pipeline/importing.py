@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import os
 import time
 import uuid
@@ -29,7 +30,7 @@ from helix_pipelines.core.parsing.pair_block import PairBlock
 from helix_pipelines.core.read_ahead import ReadAhead
 from helix_pipelines.core.retry import RetryBudget, retrying
 from helix_pipelines.db import jobs
-from helix_pipelines.db.batches import Batch, BatchOutcome, commit_batch
+from helix_pipelines.db.batches import Batch, BatchOutcome, CheckpointMoved, commit_batch
 from helix_pipelines.db.liveness import Heartbeat
 from helix_pipelines.pipeline.file_store import readable_copy
 
@@ -100,6 +101,13 @@ class ImportReport:
         return self.rows_this_run / self.duration_s if self.duration_s > 0 else 0.0
 
 
+log = logging.getLogger(__name__)
+
+# Times one import_file() call reads on from its checkpoint after batches were lost (a database
+# crash each time); beyond that it fails, resumable, like any import.
+MAX_RESTARTS = 3
+
+
 def import_file(
     engine: Engine,
     job_ref: str | uuid.UUID,
@@ -134,8 +142,16 @@ def import_file(
 def _import(engine, job, report, run_id, options, observers, hook, started) -> ImportReport:
     # Wherever the copy is kept (pipeline.file_store): a local path, or a spooled local copy.
     with readable_copy(engine, job.source_path) as local_path:
-        return _import_from(engine, job, report, run_id, options, observers, hook, started,
-                            local_path)  # fmt: skip
+        for restart in range(MAX_RESTARTS + 1):
+            try:
+                return _import_from(engine, job, report, run_id, options, observers, hook,
+                                    started, local_path)  # fmt: skip
+            except CheckpointMoved as moved:
+                if restart == MAX_RESTARTS:
+                    raise
+                log.warning("%s: reading on from the checkpoint: %s", job.source_name, moved)
+                job = jobs.get_job(engine, job.id)
+        raise AssertionError("unreachable")
 
 
 def _import_from(engine, job, report, run_id, options, observers, hook, started, local_path):
@@ -156,9 +172,13 @@ def _import_from(engine, job, report, run_id, options, observers, hook, started,
         )
         # The reader parses the next batches while this thread writes; leaving the block (also
         # by an exception) stops the reader before the file is closed.
-        with ReadAhead(batches, depth=READ_AHEAD_BATCHES, name="import-reader") as ahead:
-            for batch in ahead:
-                writer.write(batch)
+        try:
+            with ReadAhead(batches, depth=READ_AHEAD_BATCHES, name="import-reader") as ahead:
+                for batch in ahead:
+                    writer.write(batch)
+        except CheckpointMoved:
+            _count(report, writer)  # the work of this pass, before the next one
+            raise
         if batches.damage is not None:
             if job.last_source_row == 0 and not batches.read_any:
                 report.job = jobs.fail_job(engine, job.id, str(batches.damage))
@@ -172,10 +192,16 @@ def _import_from(engine, job, report, run_id, options, observers, hook, started,
     report.job = jobs.finish_job(
         engine, job.id, run_id, max_retire_share=options.max_retire_share, hook=hook
     )
-    report.batches, report.retries = writer.batches, writer.retries
-    report.batch_size, report.rows_this_run = writer.sizer.current, writer.rows
+    _count(report, writer)
     report.duration_s = time.monotonic() - started
     return report
+
+
+def _count(report: ImportReport, writer: _BatchWriter) -> None:
+    report.batches += writer.batches
+    report.retries += writer.retries
+    report.rows_this_run += writer.rows
+    report.batch_size = writer.sizer.current
 
 
 def _damage_batch(row: int, exc: FileUnreadable) -> Batch:

@@ -1,9 +1,12 @@
-"""Database faults during an import: terminated connections, a server restart, an outage longer
-than the retry budget, and batches that miss their deadline (statement timeout)."""
+"""Database faults during an import: terminated connections, a server restart, a server killed,
+batches lost with their checkpoint, an outage longer than the retry budget, and batches that
+miss their deadline (statement timeout)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -183,6 +186,47 @@ def test_batch_that_keeps_missing_its_deadline_fails_clearly_and_stays_resumable
     assert_same_as_clean(engine, job.id, expected)
 
 
+# -- batches lost with their checkpoint ----------------------------------------------------------
+
+_BATCH_TABLES = ("qa_pair", "import_row_error", "import_duplicate")
+_COUNTERS = "checkpoint_data, rows_processed, pairs_created, duplicates_skipped, row_errors"
+
+
+def test_batches_lost_with_their_checkpoint_are_written_again(engine, qa_file):
+    """What a server crash leaves when it takes the end of the WAL not yet on disk (batches
+    commit asynchronously): the last batch the import saw committed is gone, and its checkpoint
+    with it. The next batch must not commit on top of the gap: the import reads on from the
+    checkpoint."""
+    expected = clean_import(engine, qa_file, fixed())
+    job = register(engine, qa_file)
+    after_two: dict = {}
+
+    def remember() -> None:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.text(f"SELECT {_COUNTERS} FROM import_job WHERE id = :j"), {"j": job.id}
+            )
+            after_two.update(row.mappings().one())
+
+    def lose_the_last_batch() -> None:
+        last = after_two["checkpoint_data"]["last_source_row"]
+        with engine.begin() as conn:
+            for table in _BATCH_TABLES:
+                conn.execute(
+                    sa.text(f"DELETE FROM {table} WHERE import_job_id = :j AND source_row > :r"),
+                    {"j": job.id, "r": last},
+                )
+            conn.execute(
+                sa.update(jobs.import_job).where(jobs.import_job.c.id == job.id),
+                after_two,
+            )
+
+    hook = once_at({("committed", 2): remember, ("committed", 3): lose_the_last_batch})
+    import_file(engine, job.id, run_id="r", options=fixed(), hook=hook)
+    assert after_two["checkpoint_data"]["last_source_row"] == 2 * BATCH
+    assert_same_as_clean(engine, job.id, expected)
+
+
 # -- server stopped and started again ---------------------------------------------------------
 
 RESTART = """
@@ -236,6 +280,29 @@ def test_import_completes_across_a_server_restart(own_server, qa_file):
 
     job = register(engine, qa_file)
     hook = once_at({("committed", 3): stop_for_a_few_seconds})
+    report = import_file(engine, job.id, run_id="r", options=fixed(retry=PATIENT), hook=hook)
+    assert restarts[0].wait(timeout=60) == 0
+    assert report.retries >= 1
+    assert_same_as_clean(engine, job.id, expected)
+
+
+@pytest.mark.slow
+def test_import_completes_after_the_server_is_killed(own_server, qa_file):
+    """kill -9 of every server process right after a batch committed: no shutdown checkpoint,
+    and the WAL not yet written out is lost (maybe that batch with it). The server recovers
+    from its WAL on restart; the import ends as a clean one, nothing lost or repeated."""
+    engine = own_server.engine
+    expected = clean_import(engine, qa_file, fixed())
+    restarts = []
+
+    def kill_the_server():
+        for pid in own_server.server.server_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        restarts.append(own_server.start_after(outage_s=1))
+
+    job = register(engine, qa_file)
+    hook = once_at({("committed", 3): kill_the_server})
     report = import_file(engine, job.id, run_id="r", options=fixed(retry=PATIENT), hook=hook)
     assert restarts[0].wait(timeout=60) == 0
     assert report.retries >= 1
