@@ -17,6 +17,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from helix_pipelines.core.adaptive import AdaptiveBatchSize
 from helix_pipelines.db import jobs
+from helix_pipelines.db.embedded import EmbeddedPostgres
 from helix_pipelines.pipeline.importing import ImportOptions
 from helix_pipelines_tests.pipeline.import_checks import (
     assert_accounting,
@@ -26,7 +27,11 @@ from helix_pipelines_tests.pipeline.import_checks import (
     pair_rows,
     source_rows_repeated,
 )
-from helix_pipelines_tests.support.db_fixtures import subprocess_env
+from helix_pipelines_tests.support.db_fixtures import (
+    TEST_EMBEDDING_DIM,
+    clean_environment,
+    subprocess_env,
+)
 from helix_pipelines_tests.support.generate import write_qa_csv
 from helix_pipelines_tests.support.processes import wait_for
 
@@ -157,3 +162,50 @@ def test_importing_the_same_file_again_finishes_a_killed_import(
     )
     assert_like_clean(engine, killed.id, reference, kept)
     assert runs_with_status(settings, DagsterRunStatus.STARTED) == []
+
+
+def test_an_import_carries_on_through_a_killed_embedded_server(tmp_path, big_file, reference):
+    """kill -9 of every process of the embedded PostgreSQL a third of the way through a CLI
+    import (no HELIX_DATABASE_URL): the import starts the server again (crash recovery), reads
+    on from its checkpoint past the batches the crash took with it, and ends like a clean
+    import, with no operator step."""
+    home = tmp_path / "home"
+    env = clean_environment() | {
+        "HELIX_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "HELIX_EMBEDDING_DIM": str(TEST_EMBEDDING_DIM),
+    }
+    command = [sys.executable, "-m", "helix_pipelines.cli", "import", str(big_file.path)]
+    process = subprocess.Popen(
+        [*command, "--no-embed", "--json"], env=env, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    server = EmbeddedPostgres(home)
+    wait_for(server.is_running, timeout=120, what="the embedded server")
+    engine = sa.create_engine(server.url(), poolclass=sa.NullPool)
+
+    def a_third_in():
+        assert process.poll() is None, "the import ended before the server could be killed"
+        try:
+            with engine.connect() as conn:
+                done = conn.scalar(sa.text("SELECT max(rows_processed) FROM import_job"))
+        except sa.exc.DBAPIError:
+            return False  # the import has not made its database or tables yet
+        return (done or 0) >= ROWS // 3
+
+    wait_for(a_third_in, timeout=240, what="a third of the import", interval=0.05)
+    killed = server.server_pids()
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    code, out, err = finish(process)
+    assert code == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["status"] == "completed_with_errors"
+    server.acquire()  # the import's server stops once it is gone: this test holds it
+    try:
+        assert server.server_pids()[0] not in killed
+        engine = sa.create_engine(server.url(), poolclass=sa.NullPool)
+        assert_like_clean(engine, summary["import_job_id"], reference, {})
+        engine.dispose()
+    finally:
+        server.stop()

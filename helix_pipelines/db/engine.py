@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from sqlalchemy.engine import URL, Engine, make_url
 from helix_pipelines.core.redact import redact as redact_text
 from helix_pipelines.db.embedded import APP_DATABASE, EmbeddedPostgres
 
+log = logging.getLogger(__name__)
+
+# The embedded server behind each URL this process resolved, for its engines to start it again
+# when it died under them (see _start_again_when_dead).
+_EMBEDDED: dict[str, EmbeddedPostgres] = {}
+
 
 def resolve_database_url(database_url: str | None, home: Path) -> str:
     """The application's URL (psycopg 3 driver); starts the embedded server when none is set."""
@@ -22,7 +29,9 @@ def resolve_database_url(database_url: str | None, home: Path) -> str:
     server = EmbeddedPostgres(home)
     server.acquire()
     ensure_database(server.url("postgres"), APP_DATABASE)
-    return server.url(APP_DATABASE)
+    url = server.url(APP_DATABASE)
+    _EMBEDDED[url] = server
+    return url
 
 
 def with_driver(url: str, driver: str) -> str:
@@ -60,13 +69,35 @@ def ensure_database(server_url: str, name: str) -> None:
 
 
 def create_app_engine(url: str, *, pool_size: int = 5) -> Engine:
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=5,
         pool_pre_ping=True,  # a restarted server leaves dead pooled connections behind
         pool_recycle=1800,
     )
+    server = _EMBEDDED.get(url)
+    if server is not None:
+        _start_again_when_dead(engine, server)
+    return engine
+
+
+def _start_again_when_dead(engine: Engine, server: EmbeddedPostgres) -> None:
+    """A connection to the embedded server that fails because the server is gone (kill -9,
+    the OOM killer) starts it again, through crash recovery, and connects once more: the
+    retries of a running import or embedding then carry on instead of failing after their
+    budget. This process is a registered user, so starting the server again is its right."""
+
+    @sa.event.listens_for(engine, "do_connect")
+    def connect(dialect, record, cargs, cparams):
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError:
+            if server.is_running():
+                raise
+            log.warning("the embedded PostgreSQL in %s is gone: starting it again", server.pgdata)
+            server.acquire()
+            return dialect.connect(*cargs, **cparams)
 
 
 @lru_cache(maxsize=8)
