@@ -28,7 +28,7 @@ from helix_pipelines.core.normalize import printable_excerpt
 from helix_pipelines.core.parsing import RowError
 from helix_pipelines.core.parsing.pair_block import PairBlock
 from helix_pipelines.db import pair_copy
-from helix_pipelines.db.jobs import lock_owned_job, merge_jsonb
+from helix_pipelines.db.jobs import CheckpointMoved, lock_owned_job, merge_jsonb
 from helix_pipelines.db.schema import import_job
 
 # Imports that dedupe against the whole knowledge base commit one batch at a time, so two files
@@ -38,18 +38,6 @@ DEDUPE_LOCK_ID = 72110002
 ERROR_COLUMNS = "import_job_id, source_row, error_code, message, raw_excerpt"
 
 Hook = Callable[[str], None]
-
-
-class CheckpointMoved(RuntimeError):
-    """The job's checkpoint is behind where this run's batches left it (see the module's
-    docstring): the import must go on from the checkpoint, not from its own position."""
-
-    def __init__(self, checkpoint_row: int, batch_first_row: int):
-        self.checkpoint_row = checkpoint_row
-        super().__init__(
-            f"the import's checkpoint is at row {checkpoint_row}, this batch starts at row "
-            f"{batch_first_row}: batches committed before were lost (a database crash?)"
-        )
 
 
 @dataclass(frozen=True)
@@ -117,7 +105,7 @@ def commit_batch(
         if job.last_source_row >= batch.last_source_row:
             return BatchOutcome(0, 0, 0, already_committed=True)
         if job.last_source_row < batch.first_source_row - 1:
-            raise CheckpointMoved(job.last_source_row, batch.first_source_row)
+            raise CheckpointMoved(job.last_source_row, batch.first_source_row - 1)
         pairs, duplicates = (
             (batch.pairs, []) if keep_duplicates else _split_duplicates(conn, batch.pairs)
         )

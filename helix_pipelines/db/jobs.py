@@ -229,6 +229,18 @@ def merge_jsonb(column, values: dict):
     return sa.func.coalesce(column, empty).op("||")(sa.bindparam(None, values, type_=JSONB))
 
 
+class CheckpointMoved(RuntimeError):
+    """The job's checkpoint is behind the rows this run committed: batches committed without
+    waiting for the WAL flush (db.batches) were lost in a database crash, together with their
+    checkpoint. The import must go on from the checkpoint, not from its own position."""
+
+    def __init__(self, checkpoint_row: int, committed_through: int):
+        super().__init__(
+            f"the import's checkpoint is at row {checkpoint_row}, but this run had committed "
+            f"through row {committed_through}: the batches since were lost (a database crash?)"
+        )
+
+
 def finish_job(
     engine: Engine,
     job_id: uuid.UUID,
@@ -236,12 +248,16 @@ def finish_job(
     *,
     max_retire_share: float = 0.5,
     hook=None,
+    written_through: int | None = None,
 ) -> Job:
     """All rows are accounted for: completed, or completed_with_errors when rows were rejected.
     A source version replaces the previous one in this same transaction (db.sources), or is
-    refused and fails with the reason, having changed nothing."""
+    refused and fails with the reason, having changed nothing. `written_through`: the last row
+    the import committed; a checkpoint behind it raises CheckpointMoved, nothing finished."""
     with engine.begin() as conn:
         job = lock_owned_job(conn, job_id, run_id)
+        if written_through is not None and job.last_source_row < written_through:
+            raise CheckpointMoved(job.last_source_row, written_through)
         extra = {}
         if job.source_key:
             outcome = sources.sync_version(

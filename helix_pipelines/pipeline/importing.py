@@ -30,7 +30,8 @@ from helix_pipelines.core.parsing.pair_block import PairBlock
 from helix_pipelines.core.read_ahead import ReadAhead
 from helix_pipelines.core.retry import RetryBudget, retrying
 from helix_pipelines.db import jobs
-from helix_pipelines.db.batches import Batch, BatchOutcome, CheckpointMoved, commit_batch
+from helix_pipelines.db.batches import Batch, BatchOutcome, commit_batch
+from helix_pipelines.db.jobs import CheckpointMoved
 from helix_pipelines.db.liveness import Heartbeat
 from helix_pipelines.pipeline.file_store import readable_copy
 
@@ -160,41 +161,48 @@ def _import_from(engine, job, report, run_id, options, observers, hook, started,
     except FileUnreadable as exc:
         report.job = jobs.fail_job(engine, job.id, str(exc))
         return report
-    with source:
-        jobs.set_format(engine, job.id, source.summary.file_format, source.summary.as_dict())
-        writer = _BatchWriter(engine, job.id, run_id, options, observers[0], hook)
-        writer.reading = FilePosition(str(local_path), observers[1], source.summary)
-        batches = _Batches(
-            source.chunks(start_after_row=job.last_source_row),
-            writer.sizer,
-            job.last_source_row,
-            text_budget=options.batch_text_chars,
-        )
-        # The reader parses the next batches while this thread writes; leaving the block (also
-        # by an exception) stops the reader before the file is closed.
-        try:
-            with ReadAhead(batches, depth=READ_AHEAD_BATCHES, name="import-reader") as ahead:
-                for batch in ahead:
-                    writer.write(batch)
-        except CheckpointMoved:
-            _count(report, writer)  # the work of this pass, before the next one
-            raise
-        if batches.damage is not None:
-            if job.last_source_row == 0 and not batches.read_any:
-                report.job = jobs.fail_job(engine, job.id, str(batches.damage))
+    writer = _BatchWriter(engine, job, run_id, options, observers[0], hook)
+    try:
+        with source:
+            if not _write_all(engine, job, report, source, writer, observers[1], local_path):
                 return report
-            # Broken part-way: what was read stays; the damage is a row error where it begins.
-            writer.write(_damage_batch(batches.next_row, batches.damage))
-        else:
-            writer.reading.read_to_end(writer.rows)
-        report.summary = source.summary.as_dict()
-    jobs.set_format(engine, job.id, source.summary.file_format, report.summary)
-    report.job = jobs.finish_job(
-        engine, job.id, run_id, max_retire_share=options.max_retire_share, hook=hook
-    )
-    _count(report, writer)
+        jobs.set_format(engine, job.id, source.summary.file_format, report.summary)
+        report.job = jobs.finish_job(
+            engine, job.id, run_id, max_retire_share=options.max_retire_share, hook=hook,
+            written_through=writer.last_row,
+        )  # fmt: skip
+    finally:
+        _count(report, writer)  # also the work of a pass that stopped (CheckpointMoved)
     report.duration_s = time.monotonic() - started
     return report
+
+
+def _write_all(engine, job, report, source, writer, on_progress, local_path) -> bool:
+    """Every batch of the file after the checkpoint; False when the file turned out unreadable
+    from its first record (the job failed)."""
+    jobs.set_format(engine, job.id, source.summary.file_format, source.summary.as_dict())
+    writer.reading = FilePosition(str(local_path), on_progress, source.summary)
+    batches = _Batches(
+        source.chunks(start_after_row=job.last_source_row),
+        writer.sizer,
+        job.last_source_row,
+        text_budget=writer.options.batch_text_chars,
+    )
+    # The reader parses the next batches while this thread writes; leaving the block (also by
+    # an exception) stops the reader before the file is closed.
+    with ReadAhead(batches, depth=READ_AHEAD_BATCHES, name="import-reader") as ahead:
+        for batch in ahead:
+            writer.write(batch)
+    if batches.damage is not None:
+        if job.last_source_row == 0 and not batches.read_any:
+            report.job = jobs.fail_job(engine, job.id, str(batches.damage))
+            return False
+        # Broken part-way: what was read stays; the damage is a row error where it begins.
+        writer.write(_damage_batch(batches.next_row, batches.damage))
+    else:
+        writer.reading.read_to_end(writer.rows)
+    report.summary = source.summary.as_dict()
+    return True
 
 
 def _count(report: ImportReport, writer: _BatchWriter) -> None:
@@ -219,8 +227,9 @@ def default_batch_size() -> AdaptiveBatchSize:
 
 
 class _BatchWriter:
-    def __init__(self, engine, job_id, run_id, options: ImportOptions, on_batch, hook):
-        self.engine, self.job_id, self.run_id = engine, job_id, run_id
+    def __init__(self, engine, job, run_id, options: ImportOptions, on_batch, hook):
+        self.engine, self.job_id, self.run_id = engine, job.id, run_id
+        self.last_row = job.last_source_row  # committed through, as far as this writer knows
         self.options = options
         self.sizer = options.batch_size or default_batch_size()
         self.on_batch = on_batch or (lambda status, seconds, rows: None)
@@ -278,6 +287,7 @@ class _BatchWriter:
         self.sizer.record(batch.rows, seconds)
         self.batches += 1
         self.rows += batch.rows
+        self.last_row = batch.last_source_row
         self.on_batch("success", seconds, batch.rows)
         if self.reading is not None:
             self.reading.report(self.rows)

@@ -192,38 +192,36 @@ _BATCH_TABLES = ("qa_pair", "import_row_error", "import_duplicate")
 _COUNTERS = "checkpoint_data, rows_processed, pairs_created, duplicates_skipped, row_errors"
 
 
-def test_batches_lost_with_their_checkpoint_are_written_again(engine, qa_file):
+@pytest.mark.parametrize("lost", [3, ROWS // BATCH], ids=["a middle batch", "the last batch"])
+def test_batches_lost_with_their_checkpoint_are_written_again(engine, qa_file, lost):
     """What a server crash leaves when it takes the end of the WAL not yet on disk (batches
     commit asynchronously): the last batch the import saw committed is gone, and its checkpoint
-    with it. The next batch must not commit on top of the gap: the import reads on from the
-    checkpoint."""
+    with it. Neither the next batch nor the import's completion may go on over the gap: the
+    import reads on from the checkpoint."""
     expected = clean_import(engine, qa_file, fixed())
     job = register(engine, qa_file)
-    after_two: dict = {}
+    before: dict = {}
 
     def remember() -> None:
         with engine.connect() as conn:
             row = conn.execute(
                 sa.text(f"SELECT {_COUNTERS} FROM import_job WHERE id = :j"), {"j": job.id}
             )
-            after_two.update(row.mappings().one())
+            before.update(row.mappings().one())
 
     def lose_the_last_batch() -> None:
-        last = after_two["checkpoint_data"]["last_source_row"]
+        last = before["checkpoint_data"]["last_source_row"]
         with engine.begin() as conn:
             for table in _BATCH_TABLES:
                 conn.execute(
                     sa.text(f"DELETE FROM {table} WHERE import_job_id = :j AND source_row > :r"),
                     {"j": job.id, "r": last},
                 )
-            conn.execute(
-                sa.update(jobs.import_job).where(jobs.import_job.c.id == job.id),
-                after_two,
-            )
+            conn.execute(sa.update(jobs.import_job).where(jobs.import_job.c.id == job.id), before)
 
-    hook = once_at({("committed", 2): remember, ("committed", 3): lose_the_last_batch})
+    hook = once_at({("committed", lost - 1): remember, ("committed", lost): lose_the_last_batch})
     import_file(engine, job.id, run_id="r", options=fixed(), hook=hook)
-    assert after_two["checkpoint_data"]["last_source_row"] == 2 * BATCH
+    assert before["checkpoint_data"]["last_source_row"] == (lost - 1) * BATCH
     assert_same_as_clean(engine, job.id, expected)
 
 
