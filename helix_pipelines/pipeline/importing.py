@@ -16,6 +16,7 @@ import psutil
 from sqlalchemy.engine import Engine
 
 from helix_pipelines.core.adaptive import AdaptiveBatchSize
+from helix_pipelines.core.arrow_memory import release_freed_memory_promptly
 from helix_pipelines.core.errors import is_statement_timeout, is_transient
 from helix_pipelines.core.parsing import (
     Chunk,
@@ -123,6 +124,7 @@ def import_file(
     import is left `processing` with its checkpoint, for a retry or recovery to resume."""
     options = options or ImportOptions()
     started = time.monotonic()
+    release_freed_memory_promptly()
     job = jobs.start_job(engine, job_ref, run_id, stale_after_s=options.stale_after_s)
     report = ImportReport(job=job)
     if job.finished:
