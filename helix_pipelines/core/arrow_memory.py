@@ -1,10 +1,11 @@
-"""Arrow's memory pool for an import: jemalloc, giving freed memory back after a short delay.
+"""Arrow's memory pool for an import: jemalloc, which gives freed memory back within a second.
 
-pyarrow's default pool (mimalloc) keeps freed pages for a second. An import frees a batch's
-columns every fraction of a second and allocates the next, so a 1,000,000-row import held about
-50 MB more than the batches alive needed (peak RSS 306 MB instead of 258 MB, bench/import.py).
-jemalloc with a 100 ms decay gives it back and parses as fast; a decay of 0 would save a little
-more but made the fast path 30% slower (a page fault for every page of every batch).
+pyarrow's default pool (mimalloc) held on to more of what an import frees: a batch's columns
+are freed every fraction of a second and the next ones allocated, and a 1,000,000-row import
+peaked at 306 MB where jemalloc keeps it at 268 MB (at 10,000 rows: 206-212 MB, 194 MB;
+bench/import.py). A decay of 100 ms saved 15 MB more but cost the import a sixth more
+CPU, and a decay of 0 made the parse fast path 30% slower: a page fault for every page of
+every batch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 
 import pyarrow as pa
 
-DECAY_MS = 100
+DECAY_MS = 1000  # jemalloc's dirty and muzzy decay
 
 _lock = threading.Lock()
 _chosen = False
