@@ -33,7 +33,7 @@ from helix_pipelines_tests.support.db_fixtures import (
     subprocess_env,
 )
 from helix_pipelines_tests.support.generate import write_qa_csv
-from helix_pipelines_tests.support.processes import wait_for
+from helix_pipelines_tests.support.processes import kill_all, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -194,9 +194,7 @@ def test_an_import_carries_on_through_a_killed_embedded_server(tmp_path, big_fil
         return (done or 0) >= ROWS // 3
 
     wait_for(a_third_in, timeout=240, what="a third of the import", interval=0.05)
-    killed = server.server_pids()
-    for pid in killed:
-        os.kill(pid, signal.SIGKILL)
+    killed = kill_all(server.server_pids())
     code, out, err = finish(process)
     assert code == 0, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])

@@ -19,7 +19,7 @@ from helix_pipelines.db.embedded import (
     pg_exec,
 )
 from helix_pipelines_tests.support.db_fixtures import clean_environment
-from helix_pipelines_tests.support.processes import wait_for
+from helix_pipelines_tests.support.processes import kill_all, wait_for
 
 USER_SCRIPT = """
 import sys
@@ -115,9 +115,7 @@ def test_a_killed_server_starts_again_with_its_data(home):
     engine = sa.create_engine(server.url("postgres"), poolclass=sa.NullPool)
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE kept AS SELECT 42 AS answer"))
-    killed = server.server_pids()
-    for pid in killed:
-        os.kill(pid, signal.SIGKILL)
+    killed = kill_all(server.server_pids())
     wait_for(lambda: not server.is_running(), 10, "the server to die")
 
     server.acquire()

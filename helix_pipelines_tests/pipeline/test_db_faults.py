@@ -4,9 +4,7 @@ miss their deadline (statement timeout)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ from helix_pipelines_tests.pipeline.import_checks import (
 )
 from helix_pipelines_tests.support.db_fixtures import TEST_EMBEDDING_DIM
 from helix_pipelines_tests.support.generate import write_qa_csv
+from helix_pipelines_tests.support.processes import kill_all
 
 ROWS = 10_000
 BATCH = 1000
@@ -294,9 +293,7 @@ def test_import_completes_after_the_server_is_killed(own_server, qa_file):
     restarts = []
 
     def kill_the_server():
-        for pid in own_server.server.server_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_all(own_server.server.server_pids())
         restarts.append(own_server.start_after(outage_s=1))
 
     job = register(engine, qa_file)

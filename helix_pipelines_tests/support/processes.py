@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import time
 import urllib.request
@@ -69,3 +72,12 @@ def processes_using(path_fragment: str) -> list[psutil.Process]:
         ):
             found.append(proc)
     return found
+
+
+def kill_all(pids: list[int]) -> list[int]:
+    """kill -9 of each pid. A server's child listed a moment ago may have exited since (the
+    backend of a connection just closed): it is gone already, which is what the kill wanted."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
