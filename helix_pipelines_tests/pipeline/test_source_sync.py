@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from helix_pipelines.db import jobs
+from helix_pipelines.db import jobs, sources
 from helix_pipelines.db.search import nearest
 from helix_pipelines.embedding.base import embedding_text
 from helix_pipelines.pipeline.importing import import_file
@@ -253,3 +253,45 @@ def test_pairs_stored_before_question_keys_are_matched_by_their_question(engine,
     }  # fmt: skip
     jobs.rollback_job(engine, v2.id)
     assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize("planned", ["per question", "whole"])
+def test_a_first_version_is_planned_like_any_version(engine, tmp_path, monkeypatch, planned):
+    """A source's first version counts its single questions without staging them (quick);
+    with that shortcut turned off, the whole plan must give the very same result."""
+    if planned == "whole":
+        monkeypatch.setattr(sources, "_source_is_new", lambda conn, job: False)
+    elsewhere = tmp_path / "elsewhere.csv"
+    write(elsewhere, [("Shared?", "Held elsewhere.")])
+    sha = hashlib.sha256(elsewhere.read_bytes()).hexdigest()
+    other, _ = jobs.register_job(engine, source_name=elsewhere.name, source_path=str(elsewhere),
+                                 sha256=sha)  # fmt: skip
+    import_file(engine, other.id, run_id="elsewhere")
+    first = [
+        ("Question 0?", "Answer 0."),  # 1 added
+        ("Shared?", "Held elsewhere."),  # 2 kept: another import holds the pair
+        ("Question 1?", "Answer 1."),  # 3 added
+        ("Question 2?", "Answer 2."),  # 4 added
+        ("Question 1?", "Answer 1."),  # 5 the pair of row 3 again: a duplicate
+        ("  QUESTION 2? ", "Another answer."),  # 6 repeated: a row error
+        ("Shared?", "Another answer."),  # 7 repeated, its first row kept: a row error
+        ("Question 3?", "Answer 3."),  # 8 added
+    ]
+    job = import_version(engine, write(tmp_path / "faq.csv", first))
+
+    assert (job.status, job.pairs_created, job.duplicates_skipped, job.row_errors) == (
+        "completed_with_errors", 4, 2, 2,
+    )  # fmt: skip
+    sync = job.checkpoint_data["sync"]
+    assert {k: sync[k] for k in ("kept", "updated", "added", "retired", "repeated_questions")} == {
+        "kept": 1, "updated": 0, "added": 4, "retired": 0, "repeated_questions": 2,
+    }  # fmt: skip
+    assert [(c["change"], c["question"], c["new_answer"]) for c in sync["first_changes"]] == [
+        ("added", f"Question {i}?", f"Answer {i}.") for i in range(4)
+    ]
+    with engine.connect() as conn:
+        errors = conn.execute(
+            sa.text("SELECT source_row, error_code FROM import_row_error ORDER BY 1")
+        ).all()
+    assert [tuple(e) for e in errors] == [(6, "duplicate_question"), (7, "duplicate_question")]
+    assert set(live_pairs(engine)) == {"Shared?", *(f"Question {i}?" for i in range(4))}
