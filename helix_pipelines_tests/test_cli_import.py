@@ -12,6 +12,7 @@ import pytest
 from helix_pipelines.core.adaptive import AdaptiveBatchSize
 from helix_pipelines.db import jobs
 from helix_pipelines.pipeline.importing import ImportOptions, import_file
+from helix_pipelines.pipeline.inbox import STAGING_DIR
 from helix_pipelines.pipeline.intake import intake_file
 from helix_pipelines_tests.support.db_fixtures import subprocess_env
 from helix_pipelines_tests.support.generate import write_qa_csv
@@ -66,6 +67,7 @@ def test_import_prints_one_json_object_per_file(engine, settings, tmp_path):
             summary["pairs_created"] + summary["duplicates_skipped"] + summary["row_errors"]
         )
         assert summary["embeddings"]["pending"] == summary["pairs_created"]
+    assert staged_copies(settings) == []
 
 
 @pytest.mark.slow
@@ -148,3 +150,22 @@ def test_refusals_get_json_too_and_an_unfinished_import_exits_non_zero(engine, s
     assert_summary_shape(summary)
     assert summary["status"] == "completed"
     assert missing == {"file": str(tmp_path / "missing.csv"), "error": "no such file"}
+    assert staged_copies(settings) == []
+
+
+def test_a_missing_first_file_is_refused_and_the_next_imported(engine, settings, tmp_path):
+    """The first file is copied while the CLI starts: its refusal comes out in its turn."""
+    good = write_qa_csv(tmp_path / "good.csv", 50, seed=9, bad_every=10**9)
+    done = cli(settings, "import", str(tmp_path / "missing.csv"), str(good.path), "--json",
+               "--no-embed")  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    missing, summary = json_lines(done)
+    assert missing == {"file": str(tmp_path / "missing.csv"), "error": "no such file"}
+    assert (summary["status"], summary["pairs_created"]) == ("completed", 50)
+    assert staged_copies(settings) == []
+
+
+def staged_copies(settings) -> list:
+    """Copies left in the staging area: each taken file's copy is stored or removed."""
+    staging = settings.files_dir / STAGING_DIR
+    return list(staging.iterdir()) if staging.exists() else []

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from helix_pipelines.core.sources import source_key_for
 from helix_pipelines.db import jobs
 from helix_pipelines.pipeline.file_store import FileStore, LocalStore, keep, store_holding
-from helix_pipelines.pipeline.inbox import display_name, open_regular, remove_taken, stage
+from helix_pipelines.pipeline.inbox import Staged, display_name, open_regular, remove_taken, stage
 
 
 def intake_file(
@@ -22,6 +22,7 @@ def intake_file(
     options: dict | None = None,
     source_key: str | None = None,
     store: FileStore | None = None,
+    staged: Staged | None = None,
 ) -> tuple[jobs.Job, bool]:
     """Stage a copy (hashed while copied), register the job, then put the copy in place: a
     crash in between leaves the inbox file where it was and the next look finds the job (same
@@ -32,12 +33,14 @@ def intake_file(
     (core.sources.source_key_for). The copy goes to `store` (HELIX_FILE_STORE; default: the
     directory `files_dir`), staged first in `files_dir` on this host.
 
+    `staged`: the copy `stage_file` made of `path` beforehand, if it did; it is used up here.
+
     Raises CannotTake for anything but a readable, non-empty regular file under the limit.
     """
     store = store or LocalStore(files_dir)
     name = display_name(path.name)
-    with open_regular(path, follow_symlinks=not move) as (fd, info):
-        staged = stage(fd, info, files_dir, max_file_bytes)
+    if staged is None:
+        staged = stage_file(path, files_dir=files_dir, max_file_bytes=max_file_bytes, move=move)
     try:
         job, created = jobs.register_job(
             engine,
@@ -57,3 +60,9 @@ def intake_file(
     if move:
         remove_taken(path, staged)
     return job, created
+
+
+def stage_file(path: Path, *, files_dir: Path, max_file_bytes: int, move: bool) -> Staged:
+    """A copy of the file in `files_dir`'s staging area, and its hash (CannotTake as above)."""
+    with open_regular(path, follow_symlinks=not move) as (fd, info):
+        return stage(fd, info, files_dir, max_file_bytes)
