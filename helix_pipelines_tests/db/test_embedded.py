@@ -14,9 +14,11 @@ import sqlalchemy as sa
 
 from helix_pipelines.db.embedded import (
     SERVER_SETTINGS,
+    START_CONFIG,
     EmbeddedPostgres,
     OldDataDirectory,
     pg_exec,
+    start_settings,
 )
 from helix_pipelines_tests.support.db_fixtures import clean_environment
 from helix_pipelines_tests.support.processes import kill_all, wait_for
@@ -142,6 +144,42 @@ def test_the_server_runs_with_its_checkpoint_settings_and_keeps_them(home):
     server.stop()
     server.acquire()
     assert settings() == SERVER_SETTINGS
+
+
+def test_shared_buffers_are_an_eighth_of_memory_within_bounds():
+    gib = 2**30
+    assert start_settings(4 * gib) == {"shared_buffers": "512MB"}
+    assert start_settings(24 * gib) == {"shared_buffers": "1024MB"}
+    assert start_settings(gib // 2) == {"shared_buffers": "128MB"}
+
+
+def test_the_server_starts_with_its_start_settings_every_time(home):
+    """shared_buffers is read only at start: it is in force from the first start of a fresh
+    data directory, and again after one that lost it (made before the setting existed)."""
+    server = EmbeddedPostgres(home)
+    wanted_mb = int(start_settings()["shared_buffers"].removesuffix("MB"))
+
+    def buffers_mb() -> int:
+        engine = sa.create_engine(server.url("postgres"), poolclass=sa.NullPool)
+        with engine.connect() as conn:
+            pages = conn.scalar(
+                sa.text("SELECT setting::bigint FROM pg_settings WHERE name = 'shared_buffers'")
+            )
+        engine.dispose()
+        return pages * 8192 // 2**20
+
+    server.acquire()
+    assert buffers_mb() == wanted_mb
+    server.stop()
+    main = home / "pgdata" / "postgresql.conf"
+    main.write_text(main.read_text().replace(f"include_if_exists = '{START_CONFIG}'", ""))
+    (home / "pgdata" / START_CONFIG).unlink()
+    server.acquire()
+    assert buffers_mb() == wanted_mb
+    server.stop()
+    server.acquire()
+    assert main.read_text().count(START_CONFIG) == 1
+    server.stop()
 
 
 # -- data directories of the former server (PostgreSQL 16) --------------------------------------
