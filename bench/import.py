@@ -260,6 +260,8 @@ def main() -> None:
     parser.add_argument("--child-rss", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_rows < 80_000:
+        parser.error("--rss-rows must be at least 80,000: a quarter of it is compared with 10,000")
     if args.child_rss:
         child_main(args.child_rss, args.url)
         return
