@@ -100,15 +100,17 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
 def _import_all(app, instance, settings: Settings, args, source, first: _StagedAhead) -> int:
     from helix_pipelines import cli_progress
     from helix_pipelines.cli import print_json
+    from helix_pipelines.pipeline.file_store import open_store
     from helix_pipelines.pipeline.inbox import CannotTake
 
     options = {"keep_duplicates": True} if args.keep_duplicates else {}
     options |= {"allow_shrink": True} if args.allow_shrink else {}
+    store = open_store(settings.file_store_spec, app.engine)
     unfinished = 0
     for path in args.files:
         try:
-            staged = first.take() if path is first.path else None
-            job = _take(app, settings, path, options, source, staged)
+            staged = first.take() if path is first.path else _stage(settings, path)
+            job = _take(app, settings, path, options, source, store, staged)
         except (CannotTake, OSError) as exc:
             unfinished += 1
             _print_refusal(path, str(exc), as_json=args.json)
@@ -163,13 +165,10 @@ def _stage(settings: Settings, path: Path):
 
 
 def _take(
-    app, settings: Settings, path: Path, options: dict, source: str | None, staged=None
+    app, settings: Settings, path: Path, options: dict, source: str | None, store, staged
 ) -> jobs.Job:
-    from helix_pipelines.pipeline.file_store import open_store
     from helix_pipelines.pipeline.intake import intake_file
 
-    store = open_store(settings.file_store_spec, app.engine)
-    staged = staged or _stage(settings, path)
     job, created = intake_file(
         app.engine,
         path,

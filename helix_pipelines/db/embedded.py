@@ -216,7 +216,7 @@ class EmbeddedPostgres:
         # cleanup_mode=None: the guard, not pgserver's atexit hook, decides when to stop; the
         # hook is dropped too, its bookkeeping is the one this module replaces.
         server = pgserver.get_server(self.pgdata, cleanup_mode=None, start=False)
-        server.ensure_pgdata_inited()  # under our lock, as pgserver's start() holds its own
+        server.ensure_pgdata_inited()  # initdb if new: START_CONFIG must go in before start()
         self._write_start_settings()
         server.start()
         atexit.unregister(server._cleanup)

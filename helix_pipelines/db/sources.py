@@ -182,8 +182,8 @@ def _stage_first_version(conn: Connection, job) -> tuple[int, int] | None:
     added (its pair is new) or kept (a duplicate), so only the rows of questions found more
     than once go to `sync_in` for the plan. Returns how many single questions were added and
     kept; None when a row has no question key (the whole plan computes the missing ones).
-    Counting per key on its own, not sorting whole rows, is what makes this quick (0.3 s
-    against 1.6 s for 500,000 rows)."""
+    One count per key instead of staging and sorting every row: 0.7 s for 500,000 rows, most of
+    it the first read of the fresh rows, against 1.7 s."""
     conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))  # the count per key stays in memory
     counted = conn.execute(
         sa.text(

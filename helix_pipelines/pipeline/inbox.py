@@ -6,10 +6,11 @@ slow upload is never read half-written); writers may also upload under a name st
 
 Only regular files are taken, and never through a link: a file is opened once with
 ``O_NOFOLLOW`` (and ``O_NONBLOCK``, so a FIFO cannot hang the opener), checked with ``fstat``,
-and hashed and copied from that same descriptor, so a name swapped for a symlink or a FIFO at
-any moment is never followed. Symlinks, FIFOs, sockets, devices and directories dropped in the
-inbox are moved, unopened, to ``inbox/rejected/`` with a note of why. Names in any byte
-encoding are handled: ``display_name`` is what reaches the database, logs and notes.
+and copied from that same descriptor (the copy is what gets hashed), so a name swapped for a
+symlink or a FIFO at any moment is never followed. Symlinks, FIFOs, sockets, devices and
+directories dropped in the inbox are moved, unopened, to ``inbox/rejected/`` with a note of
+why. Names in any byte encoding are handled: ``display_name`` is what reaches the database,
+logs and notes.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def open_regular(path: Path, *, follow_symlinks: bool) -> Iterator[tuple[int, os
 
 
 def stage(fd: int, info: os.stat_result, files_dir: Path, max_bytes: int) -> Staged:
-    """Hash and copy an opened file into files_dir's staging area in one pass, so the stored
+    """Copy an opened file into files_dir's staging area and hash the copy, so the stored
     bytes are exactly the hashed ones even if the file changes meanwhile."""
     if info.st_size == 0:
         raise CannotTake("the file is empty")

@@ -1,4 +1,5 @@
-"""Taking a file in: copy and hash it from one descriptor, register its import job, store it."""
+"""Taking a file in: copy it from one descriptor and hash the copy, register its import job,
+store it."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def intake_file(
     store: FileStore | None = None,
     staged: Staged | None = None,
 ) -> tuple[jobs.Job, bool]:
-    """Stage a copy (hashed while copied), register the job, then put the copy in place: a
+    """Stage a hashed copy, register the job, then put the copy in place: a
     crash in between leaves the inbox file where it was and the next look finds the job (same
     content) instead of making a second one. ``move`` (the inbox) never follows a symlink and
     removes the taken file; otherwise (the CLI) the named file is copied and left alone.
