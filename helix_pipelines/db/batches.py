@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sqlalchemy as sa
@@ -108,7 +108,7 @@ def commit_batch(
         if job.last_source_row < batch.first_source_row - 1:
             raise CheckpointMoved(job.last_source_row, batch.first_source_row - 1)
         pairs, duplicates = (
-            (batch.pairs, []) if keep_duplicates else _split_duplicates(conn, batch.pairs)
+            (batch.pairs, Duplicates()) if keep_duplicates else _split_duplicates(conn, batch.pairs)
         )
         _copy_pairs(conn, job_id, pairs)
         _record_duplicates(conn, job_id, duplicates)
@@ -126,78 +126,114 @@ def commit_batch(
     return outcome
 
 
-def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, list[tuple]]:
-    """(new pairs, (source_row, content_hash) of the duplicates): a duplicate's content
-    already exists anywhere, or earlier in this batch."""
+@dataclass
+class Duplicates:
+    """A batch's skipped rows: those whose content an earlier import holds, with that pair's
+    id, and those repeating a pair earlier in the batch (its id is known once it is copied)."""
+
+    rows: list[int] = field(default_factory=list)
+    pair_ids: list[int] = field(default_factory=list)
+    rows_within: list[int] = field(default_factory=list)
+    hashes_within: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.rows_within)
+
+
+def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, Duplicates]:
+    """(new pairs, the duplicates): a duplicate's content already exists anywhere, or earlier
+    in this batch."""
     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(DEDUPE_LOCK_ID)))
     hashes = pairs.content_hashes
-    # One array literal as text: psycopg dumps a Python list element by element, which cost as
-    # much as the COPY itself. Hex hashes need no quoting inside '{...}'.
     distinct = set(hashes)
-    literal = "{" + ",".join(distinct) + "}"
     # While a table fills faster than autovacuum analyses it, the planner believes it is small
     # and scans it whole for every batch: quadratic in the import. Thousands of probes into an
     # index are right at any size. One probe of the hash index per hash: `= ANY` would make a
-    # bitmap of them all first.
+    # bitmap of them all first. The probe also finds the earliest pair with the content (the
+    # one a duplicate is recorded against): a second probe per duplicate cost a re-import of
+    # an unchanged file more than its parsing. min(p.id + 0), not min(p.id): the planner would
+    # answer min(id) by walking the primary key from its start until a row has the hash.
     conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-    seen = set(
+    earliest = dict(
         conn.exec_driver_sql(
-            "SELECT h FROM unnest(%s::text[]) AS h "
-            "WHERE EXISTS (SELECT FROM qa_pair WHERE content_hash = h)",
-            (literal,),
-        ).scalars()
+            "SELECT h, e.pair_id FROM unnest(%s::text[]) AS h CROSS JOIN LATERAL "
+            "(SELECT min(p.id + 0) AS pair_id FROM qa_pair p WHERE p.content_hash = h) AS e "
+            "WHERE e.pair_id IS NOT NULL",
+            (_array_literal(distinct),),
+        ).all()
     )
-    if not seen and len(distinct) == len(hashes):
-        return pairs, []  # the usual batch: nothing to drop
-    keep, duplicates = [], []
+    duplicates = Duplicates()
+    if not earliest and len(distinct) == len(hashes):
+        return pairs, duplicates  # the usual batch: nothing to drop
+    keep, kept = [], set()
     rows = pairs.source_rows.tolist()
     for position, digest in enumerate(hashes):
-        if digest in seen:
-            duplicates.append((rows[position], digest))
+        if (pair_id := earliest.get(digest)) is not None:
+            duplicates.rows.append(rows[position])
+            duplicates.pair_ids.append(pair_id)
+        elif digest in kept:
+            duplicates.rows_within.append(rows[position])
+            duplicates.hashes_within.append(digest)
         else:
-            seen.add(digest)
+            kept.add(digest)
             keep.append(position)
     return pairs.take(np.array(keep, dtype=np.int64)), duplicates
 
 
-def _record_duplicates(conn: Connection, job_id: uuid.UUID, duplicates: list[tuple]) -> None:
+def _array_literal(values) -> str:
+    """One array literal as text: psycopg dumps a Python list element by element, which cost as
+    much as the COPY itself. Numbers and hex hashes need no quoting inside '{...}'."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _record_duplicates(conn: Connection, job_id: uuid.UUID, duplicates: Duplicates) -> None:
     """Each skipped row with the pair it matched (the earliest with its content), so a rollback
     of the import that created that pair can hand it over instead of deleting it."""
     if not duplicates:
         return
-    # min(p.id + 0), not min(p.id): the planner would answer min(id) by walking the primary key
-    # from its start until a row has the hash, a scan of the whole import for every duplicate.
-    rows, hashes = (list(column) for column in zip(*duplicates, strict=True))
-    conn.exec_driver_sql(
-        "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
-        "SELECT %s, d.source_row, "
-        "(SELECT min(p.id + 0) FROM qa_pair p WHERE p.content_hash = d.hash) "
-        "FROM unnest(%s::int[], %s::text[]) AS d(source_row, hash) "
-        "ON CONFLICT DO NOTHING",
-        (job_id, rows, hashes),
-    )
+    with _job_checked_by_lock(conn, "import_duplicate"):
+        if duplicates.rows:
+            conn.exec_driver_sql(
+                "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
+                "SELECT %s, d.source_row, d.pair_id "
+                "FROM unnest(%s::int[], %s::bigint[]) AS d(source_row, pair_id) "
+                "ON CONFLICT DO NOTHING",
+                (job_id, _array_literal(duplicates.rows), _array_literal(duplicates.pair_ids)),
+            )
+        if duplicates.rows_within:  # their pairs were copied just before
+            conn.exec_driver_sql(
+                "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
+                "SELECT %s, d.source_row, "
+                "(SELECT min(p.id + 0) FROM qa_pair p WHERE p.content_hash = d.hash) "
+                "FROM unnest(%s::int[], %s::text[]) AS d(source_row, hash) "
+                "ON CONFLICT DO NOTHING",
+                (job_id, _array_literal(duplicates.rows_within),
+                 _array_literal(duplicates.hashes_within)),
+            )  # fmt: skip
 
 
 # Where PostgreSQL lets this session switch foreign key checks off and nothing else would be
-# switched off with them: a trigger or rule of someone's own on qa_pair must still fire.
+# switched off with them: a trigger or rule of someone's own on the table must still fire.
 _CHECKS_OFF = (
     "SELECT current_setting('session_replication_role'), "
     "set_config('session_replication_role', 'replica', true) "
     "WHERE current_setting('is_superuser') = 'on' "
-    "AND NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'qa_pair'::regclass "
+    "AND NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = %(table)s::regclass "
     "AND NOT tgisinternal) "
-    "AND NOT EXISTS (SELECT FROM pg_rewrite WHERE ev_class = 'qa_pair'::regclass)"
+    "AND NOT EXISTS (SELECT FROM pg_rewrite WHERE ev_class = %(table)s::regclass)"
 )
 
 
 @contextlib.contextmanager
-def _job_checked_by_lock(conn: Connection) -> Iterator[None]:
-    """Around the COPY of a batch's pairs: no foreign key check of each pair's job. This
-    transaction holds the job's row lock (lock_owned_job), so the job exists and cannot be
-    deleted before the commit: every check would pass. Each one is an index probe and a row lock
-    in a trigger: a fifth of an import's time on the embedded server (bench/import.py). Only a
-    superuser may do this (session_replication_role); for anyone else every pair is checked."""
-    before = conn.exec_driver_sql(_CHECKS_OFF).scalar()
+def _job_checked_by_lock(conn: Connection, table: str) -> Iterator[None]:
+    """Around the COPY of a batch's pairs or the insert of its duplicates into `table`: no
+    foreign key check of each row's job. This transaction holds the job's row lock
+    (lock_owned_job), so the job exists and cannot be deleted before the commit: every check
+    would pass. Each one is an index probe and a row lock in a trigger: a fifth of an import's
+    time on the embedded server, a third of recording a batch's duplicates (bench/import.py,
+    bench/sync.py). Only a superuser may do this (session_replication_role); for anyone else
+    every row is checked."""
+    before = conn.exec_driver_sql(_CHECKS_OFF, {"table": table}).scalar()
     yield  # an exception aborts the transaction, and the setting goes with it
     if before is not None:
         conn.exec_driver_sql("SELECT set_config('session_replication_role', %s, true)", (before,))
@@ -208,7 +244,7 @@ def _copy_pairs(conn: Connection, job_id: uuid.UUID, pairs: PairBlock) -> None:
         return
     # Binary, built from the pairs' columns (db.pair_copy): no escaping on either side and no
     # Python call per pair, so the writer leaves the GIL to the parser thread.
-    with _job_checked_by_lock(conn):
+    with _job_checked_by_lock(conn, "qa_pair"):
         pair_copy.copy_pairs(conn.connection.driver_connection.cursor(), job_id, pairs)
 
 

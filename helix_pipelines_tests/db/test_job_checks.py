@@ -1,5 +1,5 @@
-"""A batch's pairs are copied without a foreign key check of their job only where that check
-could not fail and nothing else is switched off with it."""
+"""A batch's pairs are copied, and its duplicates recorded, without a foreign key check of their
+job only where that check could not fail and nothing else is switched off with it."""
 
 from __future__ import annotations
 
@@ -44,35 +44,39 @@ def pairs_of(engine, job_id) -> int:
 def test_the_checks_are_off_only_around_the_copy_for_a_superuser(engine):
     with engine.begin() as conn:
         role = "SELECT current_setting('session_replication_role')"
-        with _job_checked_by_lock(conn):
+        with _job_checked_by_lock(conn, "qa_pair"):
             assert conn.exec_driver_sql(role).scalar() == "replica"
         assert conn.exec_driver_sql(role).scalar() == "origin"
     with engine.connect() as conn:  # SET LOCAL: nothing outlives the transaction
         assert conn.exec_driver_sql(role).scalar() == "origin"
 
 
-def test_a_trigger_of_ones_own_on_qa_pair_still_fires_for_every_pair(engine):
+@pytest.mark.parametrize("table", ["qa_pair", "import_duplicate"])
+def test_a_trigger_of_ones_own_still_fires_for_every_row(engine, table):
     with engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE seen_pair (id bigint)")
+        conn.exec_driver_sql("CREATE TABLE seen_row (n bigint)")
         conn.exec_driver_sql(
-            "CREATE FUNCTION note_pair() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN INSERT INTO seen_pair VALUES (NEW.id); RETURN NULL; END $$"
+            "CREATE FUNCTION note_row() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN INSERT INTO seen_row VALUES (1); RETURN NULL; END $$"
         )
         conn.exec_driver_sql(
-            "CREATE TRIGGER note_pair AFTER INSERT ON qa_pair "
-            "FOR EACH ROW EXECUTE FUNCTION note_pair()"
+            f"CREATE TRIGGER note_row AFTER INSERT ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION note_row()"
         )
     try:
-        job_id, run_id = started_job(engine, "triggered.csv")
-        commit_batch(engine, job_id, run_id, batch_of(50, "t"), keep_duplicates=False,
-                     statement_timeout_s=60)  # fmt: skip
+        for name in ("triggered.csv", "again.csv"):  # the second one's pairs are duplicates
+            job_id, run_id = started_job(engine, name)
+            commit_batch(engine, job_id, run_id, batch_of(50, "t"), keep_duplicates=False,
+                         statement_timeout_s=60)  # fmt: skip
         with engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT count(*) FROM seen_pair").scalar() == 50
+            assert conn.exec_driver_sql("SELECT count(*) FROM seen_row").scalar() == 50
+            recorded = conn.exec_driver_sql("SELECT count(*) FROM import_duplicate").scalar()
+            assert recorded == 50
     finally:
         with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TRIGGER note_pair ON qa_pair")
-            conn.exec_driver_sql("DROP FUNCTION note_pair()")
-            conn.exec_driver_sql("DROP TABLE seen_pair")
+            conn.exec_driver_sql(f"DROP TRIGGER note_row ON {table}")
+            conn.exec_driver_sql("DROP FUNCTION note_row()")
+            conn.exec_driver_sql("DROP TABLE seen_row")
         empty_tables(engine)
 
 
@@ -99,7 +103,7 @@ def plain_engine(engine, database_url):
 def test_a_role_that_may_not_switch_checks_off_imports_with_every_check(plain_engine):
     with plain_engine.begin() as conn:
         assert conn.exec_driver_sql("SELECT current_setting('is_superuser')").scalar() == "off"
-        with _job_checked_by_lock(conn):
+        with _job_checked_by_lock(conn, "qa_pair"):
             role = conn.exec_driver_sql("SELECT current_setting('session_replication_role')")
             assert role.scalar() == "origin"
     job_id, run_id = started_job(plain_engine, "plain.csv")
@@ -107,3 +111,10 @@ def test_a_role_that_may_not_switch_checks_off_imports_with_every_check(plain_en
                            keep_duplicates=False, statement_timeout_s=60)  # fmt: skip
     assert outcome.pairs_created == 40
     assert pairs_of(plain_engine, job_id) == 40
+    again, run_id = started_job(plain_engine, "plain-again.csv")
+    outcome = commit_batch(plain_engine, again, run_id, batch_of(40, "p"),
+                           keep_duplicates=False, statement_timeout_s=60)  # fmt: skip
+    assert outcome.duplicates_skipped == 40
+    with plain_engine.connect() as conn:
+        query = "SELECT count(*) FROM import_duplicate WHERE import_job_id = %s"
+        assert conn.exec_driver_sql(query, (again,)).scalar() == 40

@@ -1,0 +1,48 @@
+"""A batch's duplicates are recorded against the earliest pair with their content: one an
+earlier import holds, or one copied earlier in the same batch."""
+
+from __future__ import annotations
+
+import hashlib
+
+from helix_pipelines.core.parsing import Pair
+from helix_pipelines.db.batches import Batch, commit_batch
+from helix_pipelines_tests.db.test_job_checks import started_job
+from helix_pipelines_tests.pipeline.import_checks import empty_tables
+
+
+def pair(row: int, text: str) -> Pair:
+    return Pair(row, f"{text}?", f"Answer to {text}.", None,
+                hashlib.sha256(text.encode()).hexdigest())  # fmt: skip
+
+
+def commit(engine, name: str, pairs: list[Pair]):
+    job_id, run_id = started_job(engine, name)
+    batch = Batch(pairs, [], 1, len(pairs))
+    outcome = commit_batch(engine, job_id, run_id, batch, keep_duplicates=False,
+                           statement_timeout_s=60)  # fmt: skip
+    return job_id, outcome
+
+
+def pair_ids(engine, job_id) -> dict[int, int]:
+    with engine.connect() as conn:
+        query = "SELECT source_row, id FROM qa_pair WHERE import_job_id = %s"
+        return dict(conn.exec_driver_sql(query, (job_id,)).all())
+
+
+def test_each_duplicate_names_the_earliest_pair_with_its_content(engine):
+    try:
+        first, _ = commit(engine, "first.csv", [pair(1, "a"), pair(2, "b"), pair(3, "c")])
+        earlier = pair_ids(engine, first)
+        rows = [pair(1, "b"), pair(2, "x"), pair(3, "x"), pair(4, "b"), pair(5, "y"),
+                pair(6, "c")]  # fmt: skip
+        second, outcome = commit(engine, "second.csv", rows)
+        assert (outcome.pairs_created, outcome.duplicates_skipped) == (2, 4)
+        own = pair_ids(engine, second)
+        assert sorted(own) == [2, 5]
+        with engine.connect() as conn:
+            query = "SELECT source_row, qa_pair_id FROM import_duplicate WHERE import_job_id = %s"
+            recorded = dict(conn.exec_driver_sql(query, (second,)).all())
+        assert recorded == {1: earlier[2], 3: own[2], 4: earlier[2], 6: earlier[3]}
+    finally:
+        empty_tables(engine)
