@@ -26,6 +26,7 @@ from helix_pipelines.core.parsing.pair_block import (
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(4) + bytes(4)
 COLUMNS = "import_job_id, source_row, question, answer, category, content_hash, question_key"
 HASH_BYTES = 64  # hex SHA-256
+ROWS_PER_WRITE = 1000
 
 # Field count, the job id (uuid) and the source row (int4): the same width on every row.
 _HEAD = np.dtype(
@@ -86,7 +87,10 @@ def copy_rows(job_id: uuid.UUID, block: PairBlock) -> memoryview:
 
 
 def copy_pairs(cursor, job_id: uuid.UUID, block: PairBlock) -> None:
-    """COPY the block into qa_pair through a psycopg cursor (in the caller's transaction)."""
+    """COPY the block into qa_pair through a psycopg cursor (in the caller's transaction). The
+    stream is laid out ROWS_PER_WRITE rows at a time: a whole batch's would be one more copy of
+    its text in memory while it is sent."""
     with cursor.copy(f"COPY qa_pair ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.write(SIGNATURE)  # psycopg adds the trailer
-        copy.write(copy_rows(job_id, block))
+        for start in range(0, len(block), ROWS_PER_WRITE):
+            copy.write(copy_rows(job_id, block[start : start + ROWS_PER_WRITE]))

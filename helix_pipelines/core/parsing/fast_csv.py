@@ -44,10 +44,11 @@ if TYPE_CHECKING:
     from helix_pipelines.core.parsing.csv_reader import DelimitedSource
 
 # A record must fit in one block; a bigger one makes pyarrow fail and the exact reader take over
-# (a record a pair can come from, answers being at most 32,000 characters, fits). The block size sets most of a parse's memory: pyarrow's streaming reader reads up to 32 blocks
-# ahead of the parser (its background queue, kDefaultBackgroundMaxQ), whatever the file's size
-# once it is longer than that. Peak Arrow memory of an 80,000-row parse: 45 MB at 1 MiB, 27 at
-# 512 KiB, 17 at 256 KiB; the parse is 5% slower at 512 KiB, 40% at 256 (bench/parse.py).
+# (a record a pair can come from, answers being at most 32,000 characters, fits). The block size
+# sets most of a parse's memory: pyarrow's streaming reader reads up to 32 blocks ahead of the
+# parser (its background queue, kDefaultBackgroundMaxQ), whatever the file's size once it is
+# longer than that. Peak Arrow memory of an 80,000-row parse: 45 MB at 1 MiB, 27 at 512 KiB, 17
+# at 256 KiB; the parse is 5% slower at 512 KiB, 40% at 256 (bench/parse.py).
 BLOCK_BYTES = 512 * 1024
 FAST_ENCODINGS = ("utf-8", "utf-8-sig")
 _CONTROL_PATTERN = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"  # CONTROL_CHARS as an RE2 class
