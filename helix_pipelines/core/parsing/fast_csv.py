@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 # sets most of a parse's memory: pyarrow's streaming reader reads up to 32 blocks ahead of the
 # parser (its background queue, kDefaultBackgroundMaxQ), whatever the file's size once it is
 # longer than that. Peak Arrow memory of an 80,000-row parse: 45 MB at 1 MiB, 27 at 512 KiB, 17
-# at 256 KiB; the parse is 5% slower at 512 KiB, 40% at 256 (bench/parse.py).
+# at 256 KiB; the parse is 6-8% slower at 512 KiB, 40% at 256 (interleaved in one process).
 BLOCK_BYTES = 512 * 1024
 FAST_ENCODINGS = ("utf-8", "utf-8-sig")
 _CONTROL_PATTERN = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"  # CONTROL_CHARS as an RE2 class
