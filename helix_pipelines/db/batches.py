@@ -149,19 +149,17 @@ def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, Du
     # While a table fills faster than autovacuum analyses it, the planner believes it is small
     # and scans it whole for every batch: quadratic in the import. Thousands of probes into an
     # index are right at any size. One probe of the hash index per hash: `= ANY` would make a
-    # bitmap of them all first. The probe also finds the earliest pair with the content (the
-    # one a duplicate is recorded against): a second probe per duplicate cost a re-import of
-    # an unchanged file more than its parsing. min(p.id + 0), not min(p.id): the planner would
-    # answer min(id) by walking the primary key from its start until a row has the hash.
+    # bitmap of them all first. The probe also returns the pairs it finds, so a duplicate is
+    # recorded against the earliest without a second probe (which made a re-import of an
+    # unchanged file take longer than its parsing); a join costs a miss no more than EXISTS.
     conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-    earliest = dict(
-        conn.exec_driver_sql(
-            "SELECT h, e.pair_id FROM unnest(%s::text[]) AS h CROSS JOIN LATERAL "
-            "(SELECT min(p.id + 0) AS pair_id FROM qa_pair p WHERE p.content_hash = h) AS e "
-            "WHERE e.pair_id IS NOT NULL",
-            (_array_literal(distinct),),
-        ).all()
-    )
+    earliest: dict[str, int] = {}
+    for digest, pair_id in conn.exec_driver_sql(
+        "SELECT h, p.id FROM unnest(%s::text[]) AS h JOIN qa_pair p ON p.content_hash = h",
+        (_array_literal(distinct),),
+    ):
+        if pair_id < earliest.get(digest, pair_id + 1):
+            earliest[digest] = pair_id
     duplicates = Duplicates()
     if not earliest and len(distinct) == len(hashes):
         return pairs, duplicates  # the usual batch: nothing to drop
@@ -201,6 +199,8 @@ def _record_duplicates(conn: Connection, job_id: uuid.UUID, duplicates: Duplicat
                 (job_id, _array_literal(duplicates.rows), _array_literal(duplicates.pair_ids)),
             )
         if duplicates.rows_within:  # their pairs were copied just before
+            # min(p.id + 0), not min(p.id): the planner would answer min(id) by walking the
+            # primary key from its start until a row has the hash.
             conn.exec_driver_sql(
                 "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
                 "SELECT %s, d.source_row, "

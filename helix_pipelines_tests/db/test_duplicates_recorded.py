@@ -16,10 +16,10 @@ def pair(row: int, text: str) -> Pair:
                 hashlib.sha256(text.encode()).hexdigest())  # fmt: skip
 
 
-def commit(engine, name: str, pairs: list[Pair]):
+def commit(engine, name: str, pairs: list[Pair], *, keep_duplicates: bool = False):
     job_id, run_id = started_job(engine, name)
     batch = Batch(pairs, [], 1, len(pairs))
-    outcome = commit_batch(engine, job_id, run_id, batch, keep_duplicates=False,
+    outcome = commit_batch(engine, job_id, run_id, batch, keep_duplicates=keep_duplicates,
                            statement_timeout_s=60)  # fmt: skip
     return job_id, outcome
 
@@ -34,6 +34,8 @@ def test_each_duplicate_names_the_earliest_pair_with_its_content(engine):
     try:
         first, _ = commit(engine, "first.csv", [pair(1, "a"), pair(2, "b"), pair(3, "c")])
         earlier = pair_ids(engine, first)
+        # A later copy of b (an import that kept its duplicates): b's earliest pair is first's.
+        commit(engine, "kept.csv", [pair(1, "b"), pair(2, "c")], keep_duplicates=True)
         rows = [pair(1, "b"), pair(2, "x"), pair(3, "x"), pair(4, "b"), pair(5, "y"),
                 pair(6, "c")]  # fmt: skip
         second, outcome = commit(engine, "second.csv", rows)
