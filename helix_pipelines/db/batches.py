@@ -158,8 +158,7 @@ def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, Du
         "SELECT h, p.id FROM unnest(%s::text[]) AS h JOIN qa_pair p ON p.content_hash = h",
         (_array_literal(distinct),),
     ):
-        if pair_id < earliest.get(digest, pair_id + 1):
-            earliest[digest] = pair_id
+        earliest[digest] = min(pair_id, earliest.get(digest, pair_id))
     duplicates = Duplicates()
     if not earliest and len(distinct) == len(hashes):
         return pairs, duplicates  # the usual batch: nothing to drop

@@ -7,8 +7,11 @@ import hashlib
 
 from helix_pipelines.core.parsing import Pair
 from helix_pipelines.db.batches import Batch, commit_batch
-from helix_pipelines_tests.db.test_job_checks import started_job
-from helix_pipelines_tests.pipeline.import_checks import empty_tables
+from helix_pipelines_tests.pipeline.import_checks import (
+    empty_tables,
+    ids_by_source_row,
+    started_job,
+)
 
 
 def pair(row: int, text: str) -> Pair:
@@ -24,23 +27,17 @@ def commit(engine, name: str, pairs: list[Pair], *, keep_duplicates: bool = Fals
     return job_id, outcome
 
 
-def pair_ids(engine, job_id) -> dict[int, int]:
-    with engine.connect() as conn:
-        query = "SELECT source_row, id FROM qa_pair WHERE import_job_id = %s"
-        return dict(conn.exec_driver_sql(query, (job_id,)).all())
-
-
 def test_each_duplicate_names_the_earliest_pair_with_its_content(engine):
     try:
         first, _ = commit(engine, "first.csv", [pair(1, "a"), pair(2, "b"), pair(3, "c")])
-        earlier = pair_ids(engine, first)
+        earlier = ids_by_source_row(engine, first)
         # A later copy of b (an import that kept its duplicates): b's earliest pair is first's.
         commit(engine, "kept.csv", [pair(1, "b"), pair(2, "c")], keep_duplicates=True)
         rows = [pair(1, "b"), pair(2, "x"), pair(3, "x"), pair(4, "b"), pair(5, "y"),
                 pair(6, "c")]  # fmt: skip
         second, outcome = commit(engine, "second.csv", rows)
         assert (outcome.pairs_created, outcome.duplicates_skipped) == (2, 4)
-        own = pair_ids(engine, second)
+        own = ids_by_source_row(engine, second)
         assert sorted(own) == [2, 5]
         with engine.connect() as conn:
             query = "SELECT source_row, qa_pair_id FROM import_duplicate WHERE import_job_id = %s"

@@ -4,26 +4,16 @@ job only where that check could not fail and nothing else is switched off with i
 from __future__ import annotations
 
 import hashlib
-import uuid
 
 import pytest
 import sqlalchemy as sa
 
 from helix_pipelines.core.parsing import Pair
-from helix_pipelines.db import jobs
 from helix_pipelines.db.batches import Batch, _job_checked_by_lock, commit_batch
 from helix_pipelines.db.engine import create_app_engine
-from helix_pipelines_tests.pipeline.import_checks import empty_tables
+from helix_pipelines_tests.pipeline.import_checks import empty_tables, started_job
 
 PLAIN_ROLE = "helix_plain_role"
-
-
-def started_job(engine, name: str) -> tuple[uuid.UUID, str]:
-    sha = hashlib.sha256(name.encode()).hexdigest()
-    job, _ = jobs.register_job(engine, source_name=name, source_path=f"/{name}", sha256=sha)
-    run_id = "run-" + uuid.uuid4().hex
-    jobs.start_job(engine, job.id, run_id, stale_after_s=300)
-    return job.id, run_id
 
 
 def batch_of(count: int, salt: str) -> Batch:

@@ -13,6 +13,15 @@ from helix_pipelines.db import jobs
 PAIR_FIELDS = "source_row, question, answer, category, content_hash"
 
 
+def started_job(engine: sa.Engine, name: str) -> tuple[uuid.UUID, str]:
+    """A registered job for a file called `name`, taken by a fresh run: (job id, run id)."""
+    sha = hashlib.sha256(name.encode()).hexdigest()
+    job, _ = jobs.register_job(engine, source_name=name, source_path=f"/{name}", sha256=sha)
+    run_id = "run-" + uuid.uuid4().hex
+    jobs.start_job(engine, job.id, run_id, stale_after_s=300)
+    return job.id, run_id
+
+
 def pair_rows(engine: sa.Engine, job_id: uuid.UUID) -> set[tuple]:
     sql = f"SELECT {PAIR_FIELDS} FROM qa_pair WHERE import_job_id = :j"
     with engine.connect() as conn:
