@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -117,19 +116,6 @@ def test_fallback_resumes_after_the_last_record_emitted(tmp_path, monkeypatch):
     assert fast == read(path, ParseOptions(chunk_rows=7), fast=False)
 
 
-def test_a_read_stopped_early_leaves_no_parser_thread(tmp_path, monkeypatch):
-    # pyarrow parses ahead in a thread of its own; a consumer that stops (an import stopped
-    # between chunks) must not leave it behind, nor the file open.
-    monkeypatch.setattr(fast_csv, "BLOCK_BYTES", 1024)
-    rows = [["question", "answer"]] + [[f"q{n}?", f"a{n}."] for n in range(5000)]
-    path = write(tmp_path / "faq.csv", rows)
-    with open_source(path, ParseOptions(chunk_rows=100)) as source:
-        chunks = source.chunks()
-        assert next(chunks).last_source_row == 100
-        chunks.close()
-    assert not [thread for thread in threading.enumerate() if thread.name == "csv-parser"]
-
-
 # -- generated tables ------------------------------------------------------------------------
 
 FIELD_TEXT = st.text(
@@ -233,8 +219,7 @@ def test_generated_tables_read_the_same(
 def test_each_whitespace_is_trimmed_at_either_end_as_the_exact_reader_trims_it(
     tmp_path, monkeypatch, space
 ):
-    # Trimming is skipped for a batch whose values provably need none: the one value that
-    # does sits among values ending in other non-ASCII characters, some sharing its first byte.
+    # Among values ending in other non-ASCII characters, some sharing the space's first byte.
     neighbours = ["déjà", "€", "‰", "‐x", "\u00a9", "ᚐ"]
     rows = [["question", "answer"]] + [
         [f"q{n} {text}", f"{text} a{n}"] for n, text in enumerate(neighbours)
@@ -254,6 +239,17 @@ def test_batch_cleaning_equals_clean_text(values):
 
     cleaned = fast_csv._clean(pa.array(values, type=pa.string()))
     assert cleaned.to_pylist() == [clean_text(value) for value in values]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=30))
+def test_code_points_are_those_of_the_non_ascii_characters(text):
+    import numpy as np
+
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    starts = np.flatnonzero(data >= 0xC0)
+    codes = fast_csv._code_points(data, starts).tolist()
+    assert codes == [ord(char) for char in text if ord(char) >= 0x80]
 
 
 # -- the batch hash keys ---------------------------------------------------------------------

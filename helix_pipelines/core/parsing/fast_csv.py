@@ -17,7 +17,6 @@ import os
 import re
 import sys
 import unicodedata
-from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -40,7 +39,6 @@ from helix_pipelines.core.parsing.pair_block import (
     value_offsets,
     value_sizes,
 )
-from helix_pipelines.core.read_ahead import ReadAhead
 
 if TYPE_CHECKING:
     from helix_pipelines.core.parsing.csv_reader import DelimitedSource
@@ -137,36 +135,28 @@ def fast_rows(
     resume_after = start_after_row
     reader = _open_reader(source)
     if reader is not None:
-        checker = _BatchChecker(source, _RecordLocator(source))
+        batches = _BatchChecker(source, _RecordLocator(source))
         first_row = 1
         try:
-            # pyarrow parses the next batches in a thread of its own, without the GIL, while
-            # this one checks and hashes the current one.
-            with ReadAhead(_batches(reader), depth=2, name="csv-parser") as batches:
-                for batch in batches:
-                    rows, unsure_at = checker.rows(batch, first_row, start_after_row)
-                    if rows:
-                        yield rows
-                    if unsure_at is not None:
-                        resume_after = max(start_after_row, first_row + unsure_at - 1)
-                        break
-                    first_row += batch.num_rows
-                    resume_after = max(start_after_row, first_row - 1)
-                else:
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
                     return
+                rows, unsure_at = batches.rows(batch, first_row, start_after_row)
+                if rows:
+                    yield rows
+                if unsure_at is not None:
+                    resume_after = max(start_after_row, first_row + unsure_at - 1)
+                    break
+                first_row += batch.num_rows
+                resume_after = max(start_after_row, first_row - 1)
         except (pa.ArrowException, UnicodeDecodeError):
             pass  # resume_after still names the last record emitted
         finally:
-            checker.locator.close()
+            reader.close()
+            batches.locator.close()
     yield from source._exact_rows(resume_after)
-
-
-def _batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
-    """The reader's batches; whoever ends the iteration (the parser thread) closes it."""
-    try:
-        yield from reader
-    finally:
-        reader.close()
 
 
 def _open_reader(source: DelimitedSource) -> pa.RecordBatchReader | None:
@@ -183,9 +173,7 @@ def _open_reader(source: DelimitedSource) -> pa.RecordBatchReader | None:
         names = [f"f{index}" for index in range(source.plan.width)]
         return pa_csv.open_csv(
             stream,
-            read_options=pa_csv.ReadOptions(
-                column_names=names, block_size=BLOCK_BYTES, use_threads=False
-            ),
+            read_options=pa_csv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
             parse_options=pa_csv.ParseOptions(
                 delimiter=source.delimiter,
                 quote_char='"',
@@ -466,8 +454,8 @@ def _starts_with_space(column: pa.Array) -> np.ndarray:
 
 
 def _clean(column: pa.Array) -> pa.Array:
-    """``clean_text`` on every value. The CR, control-character and trimming passes run only
-    when the batch's bytes hold something for them to do."""
+    """``clean_text`` on every value. The CR and control-character passes run only when the
+    batch's bytes hold such a character."""
     data, _ = _layout(column)
     low_bytes = data[data < _SPACE].tobytes()
     if b"\r" in low_bytes:
@@ -475,42 +463,7 @@ def _clean(column: pa.Array) -> pa.Array:
         column = pc.replace_substring(column, "\r", "\n")
     if len(low_bytes.translate(None, CONTROL_BYTES)) != len(low_bytes):
         column = pc.replace_substring_regex(column, _CONTROL_PATTERN, "")
-    if _may_need_trimming(column):
-        column = pc.utf8_trim(column, _python_whitespace())
-    return column
-
-
-def _may_need_trimming(column: pa.Array) -> bool:
-    """False when no value begins or ends with whitespace, judged from their first and last
-    bytes and the lead bytes of the non-ASCII whitespace characters (U+0085 to U+3000); the
-    values that might are looked at."""
-    data, offsets = _layout(column)
-    values = np.flatnonzero(offsets[:-1] < offsets[1:])
-    if not len(values):
-        return False
-    starts, ends = offsets[values], offsets[values + 1]
-    if (data[starts] <= _SPACE).any() or (data[ends - 1] <= _SPACE).any():
-        return True
-    unsure = np.zeros(len(values), dtype=bool)
-    for size, leads in _space_leads().items():
-        unsure |= np.isin(data[starts], leads) | np.isin(data[np.maximum(ends - size, 0)], leads)
-    rows = values[unsure].tolist()
-    return any(_has_outer_space(column[row].as_py()) for row in rows)
-
-
-def _has_outer_space(value: str) -> bool:
-    return value[0].isspace() or value[-1].isspace()
-
-
-@functools.cache
-def _space_leads() -> dict[int, np.ndarray]:
-    """The first bytes of the UTF-8 whitespace characters of each length over one byte."""
-    leads: dict[int, set[int]] = {}
-    for char in _python_whitespace():
-        encoded = char.encode("utf-8")
-        if len(encoded) > 1:
-            leads.setdefault(len(encoded), set()).add(encoded[0])
-    return {size: np.array(sorted(bytes_), dtype=np.uint8) for size, bytes_ in leads.items()}
+    return pc.utf8_trim(column, _python_whitespace())
 
 
 class _KeyColumn:
@@ -543,7 +496,8 @@ class _KeyColumn:
 
 
 def _rows_with_space_runs(keys: np.ndarray, offsets: np.ndarray) -> set[int]:
-    doubled = np.flatnonzero((keys[1:] == _SPACE) & (keys[:-1] == _SPACE))
+    spaces = keys == _SPACE
+    doubled = np.flatnonzero(spaces[1:] & spaces[:-1])
     return set((np.searchsorted(offsets, doubled, side="right") - 1).tolist())
 
 
@@ -599,7 +553,6 @@ def _numpy(array: pa.Array) -> np.ndarray:
     return np.frombuffer(data, dtype=np.int32, count=len(array), offset=array.offset * 4)
 
 
-_HASH = type(hashlib.sha256())
 _SEPARATOR = binary_array(np.array([0, 1], dtype=np.int32), HASH_SEPARATOR_BYTES)[0]
 
 
@@ -611,17 +564,19 @@ def _digests(
     out on the way. Special rows are hashed again from their exact keys."""
     joined = pc.binary_join_element_wise(questions.array(), answers.array(), _SEPARATOR)
     data, offsets = _layout(joined)
-    # Slices of a memoryview: no copy of each record's bytes before hashing them. The loops
-    # run in C (map): a Python loop cost as much as the hashing.
-    cut = memoryview(data).__getitem__
-    edges = offsets.tolist()
+    # Slices of a memoryview: no copy of each record's bytes before hashing them.
+    blob, edges = memoryview(data), offsets.tolist()
     # Where each question's part (its key and the separator) ends.
     middles = (offsets[:-1] + np.diff(questions.offsets) + 1).tolist()
-    hashings = list(map(hashlib.sha256, map(cut, map(slice, edges, middles))))
-    states = list(map(_HASH.digest, hashings))
-    deque(map(_HASH.update, hashings, map(cut, map(slice, middles, edges[1:]))), maxlen=0)
-    digests: list[str | None] = list(map(_HASH.hexdigest, hashings))
     sha256 = hashlib.sha256
+    digests: list[str | None] = []
+    states: list[bytes] = []
+    digest, state = digests.append, states.append
+    for start, middle, end in zip(edges, middles, edges[1:], strict=False):
+        hashing = sha256(blob[start:middle])
+        state(hashing.digest())
+        hashing.update(blob[middle:end])
+        digest(hashing.hexdigest())
     separator = HASH_SEPARATOR_BYTES
     for row in questions.special | answers.special:
         if not wanted[row]:
