@@ -39,13 +39,15 @@ from helix_pipelines.pipeline.file_store import readable_copy
 # The row error recorded where a file that broke part-way stopped being readable.
 FILE_DAMAGED = "file_damaged"
 
-# Parsed batches waiting for the writer: enough to keep it busy while the reader parses the next,
-# few enough that memory does not depend on the file's size (bench/import.py).
-READ_AHEAD_BATCHES = 2
-# Characters of question and answer text in one batch, whatever its row count: four or five
+# Parsed batches waiting for the writer. One is enough: the writer (PostgreSQL) is the slower
+# side, so the reader spends its spare time blocked on a full hand-off; a second waiting batch
+# only held more memory (8 MB at 250,000 rows, no speed gained; bench/import.py).
+READ_AHEAD_BATCHES = 1
+# Characters of question and answer text in one batch, whatever its row count: three or four
 # batches are alive between the reader and the writer, so this bounds the import's memory for
-# files of long answers too (about 5,000 rows of the usual pair; bench/import.py).
-BATCH_TEXT_CHARS = 4 * 1024**2
+# files of long answers too (about 3,800 rows of the usual pair). With 4 Mi characters and two
+# batches waiting, a 250,000-row import peaked 19 MB higher at the same speed (bench/import.py).
+BATCH_TEXT_CHARS = 3 * 1024**2
 
 # on_batch(status, seconds, rows), once per attempt (for metrics): success; retry (an attempt
 # that failed and is tried again); error (the batch failed for good); timeout (over its deadline,
