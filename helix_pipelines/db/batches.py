@@ -128,16 +128,21 @@ def commit_batch(
 
 @dataclass
 class Duplicates:
-    """A batch's skipped rows: those whose content an earlier import holds, with that pair's
-    id, and those repeating a pair earlier in the batch (its id is known once it is copied)."""
+    """A batch's skipped rows, each with the id of the pair an earlier import holds with its
+    content, or (None and) its content hash when it repeats a pair earlier in the batch, whose
+    id is known once it is copied."""
 
     rows: list[int] = field(default_factory=list)
-    pair_ids: list[int] = field(default_factory=list)
-    rows_within: list[int] = field(default_factory=list)
-    hashes_within: list[str] = field(default_factory=list)
+    pair_ids: list[int | None] = field(default_factory=list)
+    hashes: list[str | None] = field(default_factory=list)
+
+    def add(self, row: int, pair_id: int | None, digest: str | None) -> None:
+        self.rows.append(row)
+        self.pair_ids.append(pair_id)
+        self.hashes.append(digest)
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.rows_within)
+        return len(self.rows)
 
 
 def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, Duplicates]:
@@ -166,11 +171,9 @@ def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, Du
     rows = pairs.source_rows.tolist()
     for position, digest in enumerate(hashes):
         if (pair_id := earliest.get(digest)) is not None:
-            duplicates.rows.append(rows[position])
-            duplicates.pair_ids.append(pair_id)
+            duplicates.add(rows[position], pair_id, None)
         elif digest in kept:
-            duplicates.rows_within.append(rows[position])
-            duplicates.hashes_within.append(digest)
+            duplicates.add(rows[position], None, digest)
         else:
             kept.add(digest)
             keep.append(position)
@@ -180,7 +183,7 @@ def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, Du
 def _array_literal(values) -> str:
     """One array literal as text: psycopg dumps a Python list element by element, which cost as
     much as the COPY itself. Numbers and hex hashes need no quoting inside '{...}'."""
-    return "{" + ",".join(map(str, values)) + "}"
+    return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
 
 
 def _record_duplicates(conn: Connection, job_id: uuid.UUID, duplicates: Duplicates) -> None:
@@ -188,27 +191,19 @@ def _record_duplicates(conn: Connection, job_id: uuid.UUID, duplicates: Duplicat
     of the import that created that pair can hand it over instead of deleting it."""
     if not duplicates:
         return
+    # A pair copied earlier in this batch is looked up by its hash. min(p.id + 0), not
+    # min(p.id): the planner would answer min(id) by walking the primary key from its start
+    # until a row has the hash.
     with _job_checked_by_lock(conn, "import_duplicate"):
-        if duplicates.rows:
-            conn.exec_driver_sql(
-                "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
-                "SELECT %s, d.source_row, d.pair_id "
-                "FROM unnest(%s::int[], %s::bigint[]) AS d(source_row, pair_id) "
-                "ON CONFLICT DO NOTHING",
-                (job_id, _array_literal(duplicates.rows), _array_literal(duplicates.pair_ids)),
-            )
-        if duplicates.rows_within:  # their pairs were copied just before
-            # min(p.id + 0), not min(p.id): the planner would answer min(id) by walking the
-            # primary key from its start until a row has the hash.
-            conn.exec_driver_sql(
-                "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
-                "SELECT %s, d.source_row, "
-                "(SELECT min(p.id + 0) FROM qa_pair p WHERE p.content_hash = d.hash) "
-                "FROM unnest(%s::int[], %s::text[]) AS d(source_row, hash) "
-                "ON CONFLICT DO NOTHING",
-                (job_id, _array_literal(duplicates.rows_within),
-                 _array_literal(duplicates.hashes_within)),
-            )  # fmt: skip
+        conn.exec_driver_sql(
+            "INSERT INTO import_duplicate (import_job_id, source_row, qa_pair_id) "
+            "SELECT %s, d.source_row, coalesce(d.pair_id, "
+            "(SELECT min(p.id + 0) FROM qa_pair p WHERE p.content_hash = d.hash)) "
+            "FROM unnest(%s::int[], %s::bigint[], %s::text[]) AS d(source_row, pair_id, hash) "
+            "ON CONFLICT DO NOTHING",
+            (job_id, *map(_array_literal, (duplicates.rows, duplicates.pair_ids,
+                                          duplicates.hashes))),
+        )  # fmt: skip
 
 
 # Where PostgreSQL lets this session switch foreign key checks off and nothing else would be
