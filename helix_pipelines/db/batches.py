@@ -29,6 +29,14 @@ from helix_pipelines.core.normalize import printable_excerpt
 from helix_pipelines.core.parsing import RowError
 from helix_pipelines.core.parsing.pair_block import PairBlock
 from helix_pipelines.db import pair_copy
+from helix_pipelines.db.dedupe import (
+    EarlyLookup,
+    OwnBatches,
+    advance,
+    array_literal,
+    current_tick,
+    earliest_pairs,
+)
 from helix_pipelines.db.jobs import CheckpointMoved, lock_owned_job, merge_jsonb
 from helix_pipelines.db.schema import import_job
 
@@ -50,6 +58,7 @@ class Batch:
     errors: Sequence[RowError]
     first_source_row: int
     last_source_row: int
+    early: EarlyLookup | None = None  # its contents looked up before its turn (db.dedupe)
 
     def __post_init__(self) -> None:
         if not isinstance(self.pairs, PairBlock):
@@ -75,6 +84,7 @@ class Batch:
             errors=[e for e in self.errors if first <= e.source_row <= last],
             first_source_row=first,
             last_source_row=last,
+            early=self.early,
         )
 
 
@@ -96,7 +106,10 @@ def commit_batch(
     statement_timeout_s: float,
     hook: Hook | None = None,
     checkpoint_extra: dict | None = None,
+    own: OwnBatches | None = None,
 ) -> BatchOutcome:
+    """`own`: the batches this writer committed before, which an early lookup of this batch may
+    not have seen; this batch joins them once committed."""
     hook = hook or _no_hook
     with engine.begin() as conn:
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(statement_timeout_s * 1000)}")
@@ -108,7 +121,9 @@ def commit_batch(
         if job.last_source_row < batch.first_source_row - 1:
             raise CheckpointMoved(job.last_source_row, batch.first_source_row - 1)
         pairs, duplicates = (
-            (batch.pairs, Duplicates()) if keep_duplicates else _split_duplicates(conn, batch.pairs)
+            (batch.pairs, Duplicates())
+            if keep_duplicates
+            else _split_duplicates(conn, batch.pairs, batch.early, own)
         )
         _copy_pairs(conn, job_id, pairs)
         _record_duplicates(conn, job_id, duplicates)
@@ -121,8 +136,11 @@ def commit_batch(
             row_errors=len(batch.errors),
         )
         _advance_checkpoint(conn, job_id, batch, outcome, checkpoint_extra or {})
+        tick = advance(conn) if len(pairs) else None
         hook("before_commit")
     hook("committed")
+    if own is not None and tick is not None:
+        own.add(tick, batch.pairs.content_hashes)
     return outcome
 
 
@@ -145,29 +163,27 @@ class Duplicates:
         return len(self.rows)
 
 
-def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, Duplicates]:
+def _split_duplicates(
+    conn: Connection, pairs: PairBlock, early: EarlyLookup | None, own: OwnBatches | None
+) -> tuple[PairBlock, Duplicates]:
     """(new pairs, the duplicates): a duplicate's content already exists anywhere, or earlier
-    in this batch."""
+    in this batch. The early lookup stands when nothing but this writer's own batches changed
+    the contents since; their contents count as existing (recorded by hash, like a pair copied
+    earlier in the batch)."""
     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(DEDUPE_LOCK_ID)))
     hashes = pairs.content_hashes
     distinct = set(hashes)
-    # While a table fills faster than autovacuum analyses it, the planner believes it is small
-    # and scans it whole for every batch: quadratic in the import. Thousands of probes into an
-    # index are right at any size. One probe of the hash index per hash: `= ANY` would make a
-    # bitmap of them all first. The probe also returns the pairs it finds, so a duplicate is
-    # recorded against the earliest without a second probe (which made a re-import of an
-    # unchanged file take longer than its parsing); a join costs a miss no more than EXISTS.
-    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-    earliest: dict[str, int] = {}
-    for digest, pair_id in conn.exec_driver_sql(
-        "SELECT h, p.id FROM unnest(%s::text[]) AS h JOIN qa_pair p ON p.content_hash = h",
-        (_array_literal(distinct),),
-    ):
-        earliest[digest] = min(pair_id, earliest.get(digest, pair_id))
+    since = None
+    if early is not None and own is not None:
+        since = own.since(early.tick, current_tick(conn))
+    if since is None:
+        earliest, since = earliest_pairs(conn, distinct), frozenset()
+    else:
+        earliest = early.earliest
     duplicates = Duplicates()
-    if not earliest and len(distinct) == len(hashes):
+    if not earliest and len(distinct) == len(hashes) and since.isdisjoint(distinct):
         return pairs, duplicates  # the usual batch: nothing to drop
-    keep, kept = [], set()
+    keep, kept = [], set(since)
     rows = pairs.source_rows.tolist()
     for position, digest in enumerate(hashes):
         if (pair_id := earliest.get(digest)) is not None:
@@ -178,12 +194,6 @@ def _split_duplicates(conn: Connection, pairs: PairBlock) -> tuple[PairBlock, Du
             kept.add(digest)
             keep.append(position)
     return pairs.take(np.array(keep, dtype=np.int64)), duplicates
-
-
-def _array_literal(values) -> str:
-    """One array literal as text: psycopg dumps a Python list element by element, which cost as
-    much as the COPY itself. Numbers and hex hashes need no quoting inside '{...}'."""
-    return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
 
 
 def _record_duplicates(conn: Connection, job_id: uuid.UUID, duplicates: Duplicates) -> None:
@@ -201,7 +211,7 @@ def _record_duplicates(conn: Connection, job_id: uuid.UUID, duplicates: Duplicat
             "(SELECT min(p.id + 0) FROM qa_pair p WHERE p.content_hash = d.hash)) "
             "FROM unnest(%s::int[], %s::bigint[], %s::text[]) AS d(source_row, pair_id, hash) "
             "ON CONFLICT DO NOTHING",
-            (job_id, *map(_array_literal, (duplicates.rows, duplicates.pair_ids,
+            (job_id, *map(array_literal, (duplicates.rows, duplicates.pair_ids,
                                           duplicates.hashes))),
         )  # fmt: skip
 

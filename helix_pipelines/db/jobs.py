@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from helix_pipelines.core.liveness import Owner, owner_is_dead, this_process
 from helix_pipelines.core.naming import partition_key_for
 from helix_pipelines.core.redact import redact
-from helix_pipelines.db import liveness, source_history, sources
+from helix_pipelines.db import dedupe, liveness, source_history, sources
 from helix_pipelines.db.schema import (
     FINISHED_JOB_STATUSES,
     import_duplicate,
@@ -507,6 +507,8 @@ def rollback_job(
                     .where(import_job.c.id == job.id)
                     .values(heartbeat_at=sa.func.now())
                 )
+                if removed:
+                    dedupe.advance(conn)  # contents gone: early lookups before this are stale
             handed, deleted = handed + moved, deleted + removed
             if not moved and removed < batch_size:
                 break

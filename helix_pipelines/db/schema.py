@@ -126,6 +126,15 @@ import_duplicate = sa.Table(
     sa.Column("qa_pair_id", sa.BigInteger, nullable=False),
 )
 
+# One row: advanced by every change to the set of pair contents (db.dedupe).
+dedupe_clock = sa.Table(
+    "dedupe_clock",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, server_default="1"),
+    sa.Column("tick", sa.BigInteger, nullable=False, server_default="0"),
+    sa.CheckConstraint("id = 1", name="ck_dedupe_clock_one_row"),
+)
+
 # What each source version changed in pairs it did not create, with the values before: the
 # undo log of a version (db.sources).
 qa_pair_change = sa.Table(

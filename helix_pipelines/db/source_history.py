@@ -7,6 +7,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from helix_pipelines.db import dedupe
 from helix_pipelines.db.schema import PUBLISHED_JOB_STATUSES
 from helix_pipelines.db.sources import (
     OLD_COLUMNS,
@@ -40,6 +41,8 @@ def undo_version(conn: Connection, job) -> int:
         {"j": job.id},
     ).rowcount
     conn.execute(sa.text("DELETE FROM qa_pair_change WHERE import_job_id = :j"), {"j": job.id})
+    if restored:
+        dedupe.advance(conn)  # contents put back: early lookups before this are stale
     return restored
 
 

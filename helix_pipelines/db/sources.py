@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 from helix_pipelines.core.normalize import question_key
 from helix_pipelines.core.sources import SyncPlan
+from helix_pipelines.db import dedupe
 from helix_pipelines.db.schema import PUBLISHED_JOB_STATUSES
 
 DUPLICATE_QUESTION = "duplicate_question"
@@ -100,6 +101,7 @@ def sync_version(
         _report_repeated(conn, job.id)
     changes = _first_changes(conn, singles_of=None if singles is None else job.id)
     handed = _apply(conn, job)
+    dedupe.advance(conn)  # pairs deleted or given new content: early lookups are stale
     summary["handed_over"] = handed
     return SyncOutcome(summary | {"allow_shrink": allow_shrink, "first_changes": changes})
 

@@ -9,11 +9,12 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 
 import psutil
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from helix_pipelines.core.adaptive import AdaptiveBatchSize
 from helix_pipelines.core.arrow_memory import release_freed_memory_promptly
@@ -32,6 +33,7 @@ from helix_pipelines.core.read_ahead import ReadAhead
 from helix_pipelines.core.retry import RetryBudget, retrying
 from helix_pipelines.db import jobs
 from helix_pipelines.db.batches import Batch, BatchOutcome, commit_batch
+from helix_pipelines.db.dedupe import OwnBatches, look_up_early
 from helix_pipelines.db.jobs import CheckpointMoved
 from helix_pipelines.db.liveness import Heartbeat
 from helix_pipelines.pipeline.file_store import readable_copy
@@ -192,9 +194,12 @@ def _write_all(engine, job, report, source, writer, on_progress, local_path) -> 
         job.last_source_row,
         text_budget=writer.options.batch_text_chars,
     )
-    # The reader parses the next batches while this thread writes; leaving the block (also by
-    # an exception) stops the reader before the file is closed.
-    with ReadAhead(batches, depth=READ_AHEAD_BATCHES, name="import-reader") as ahead:
+    # The reader parses the next batches (and looks their contents up) while this thread
+    # writes; leaving the block (also by an exception) stops the reader before the file is
+    # closed.
+    options = writer.options
+    read = batches if options.keep_duplicates else _looked_up_early(engine, batches, options)
+    with ReadAhead(read, depth=READ_AHEAD_BATCHES, name="import-reader") as ahead:
         for batch in ahead:
             writer.write(batch)
     if batches.damage is not None:
@@ -207,6 +212,24 @@ def _write_all(engine, job, report, source, writer, on_progress, local_path) -> 
         writer.reading.read_to_end(writer.rows)
     report.summary = source.summary.as_dict()
     return True
+
+
+def _looked_up_early(
+    engine: Engine, batches: Iterable[Batch], options: ImportOptions
+) -> Iterator[Batch]:
+    """Each batch with its contents looked up in the knowledge base (db.dedupe), in the
+    reader's thread while the writer commits the batch before. A lookup that fails is left to
+    the writer, which looks up under the dedupe lock as it would anyway."""
+    for batch in batches:
+        if len(batch.pairs):
+            try:
+                early = look_up_early(engine, batch.pairs.content_hashes,
+                                      timeout_s=options.batch_deadline_s)  # fmt: skip
+                batch = replace(batch, early=early)
+            except SQLAlchemyError as exc:
+                log.debug("early lookup of rows %d-%d failed: %s", batch.first_source_row,
+                          batch.last_source_row, exc)  # fmt: skip
+        yield batch
 
 
 def _count(report: ImportReport, writer: _BatchWriter) -> None:
@@ -241,6 +264,7 @@ class _BatchWriter:
         self.batches = self.rows = self.retries = 0
         self._timeouts_at_minimum = 0
         self.reading: FilePosition | None = None
+        self.own = OwnBatches()  # for the early lookups of the batches after
 
     def write(self, batch: Batch) -> None:
         queue_ = [batch]
@@ -286,6 +310,7 @@ class _BatchWriter:
                     statement_timeout_s=self.options.batch_deadline_s,
                     hook=self.hook,
                     checkpoint_extra=self._position(batch),
+                    own=self.own,
                 )
         seconds = time.monotonic() - began
         self.sizer.record(batch.rows, seconds)
