@@ -13,7 +13,7 @@ own batches (`OwnBatches`), whose hashes it still holds; otherwise it looks up a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection, Engine
@@ -80,13 +80,18 @@ def current_tick(conn: Connection) -> int:
 
 class OwnBatches:
     """The ticks of one writer's last committed batches, each with the contents it held (all of
-    which the knowledge base holds once it committed)."""
+    which the knowledge base holds once it committed). Two are enough: the reader looks a batch
+    up once the writer has taken the one before the batch waiting for it, so at most two
+    batches commit after the lookup; more ticks since (a batch split after a timeout) make the
+    writer look up again."""
 
-    def __init__(self, keep: int = 4) -> None:
-        self._batches: deque[tuple[int, frozenset[str]]] = deque(maxlen=keep)
+    def __init__(self, keep: int = 2) -> None:
+        # The batch's own list of hashes, not a set of them: a set would hold another quarter
+        # of a megabyte per batch, where `since` builds one of the batch or two it needs.
+        self._batches: deque[tuple[int, Sequence[str]]] = deque(maxlen=keep)
 
-    def add(self, tick: int, hashes: Iterable[str]) -> None:
-        self._batches.append((tick, frozenset(hashes)))
+    def add(self, tick: int, hashes: Sequence[str]) -> None:
+        self._batches.append((tick, hashes))
 
     def since(self, tick: int, now: int) -> frozenset[str] | None:
         """The contents this writer committed after `tick`, when every tick up to `now` is one
