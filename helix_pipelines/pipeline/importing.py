@@ -47,9 +47,11 @@ FILE_DAMAGED = "file_damaged"
 READ_AHEAD_BATCHES = 1
 # Characters of question and answer text in one batch, whatever its row count: three or four
 # batches are alive between the reader and the writer, so this bounds the import's memory for
-# files of long answers too (about 3,800 rows of the usual pair). With 4 Mi characters and two
-# batches waiting, a 250,000-row import peaked 19 MB higher at the same speed (bench/import.py).
-BATCH_TEXT_CHARS = 3 * 1024**2
+# files of long answers too (about 3,200 rows of the usual pair). With 4 Mi characters and two
+# batches waiting, a 250,000-row import peaked 19 MB higher at the same speed; 3 Mi peaked 3-6
+# MB higher than 2.5 Mi, again at the same speed, once the reader also looked batches up
+# (db.dedupe: 500,000 rows, three interleaved runs; bench/import.py).
+BATCH_TEXT_CHARS = 5 * 1024**2 // 2
 
 # on_batch(status, seconds, rows), once per attempt (for metrics): success; retry (an attempt
 # that failed and is tried again); error (the batch failed for good); timeout (over its deadline,
