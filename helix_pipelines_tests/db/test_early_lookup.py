@@ -5,18 +5,22 @@ and none is skipped against a pair that is gone."""
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from helix_pipelines.core.adaptive import AdaptiveBatchSize
 from helix_pipelines.core.normalize import content_hash
 from helix_pipelines.core.parsing import Pair
 from helix_pipelines.db import jobs
 from helix_pipelines.db.batches import Batch, commit_batch
 from helix_pipelines.db.dedupe import OwnBatches, look_up_early
-from helix_pipelines.pipeline.importing import import_file
+from helix_pipelines.pipeline.importing import ImportOptions, import_file
 from helix_pipelines_tests.pipeline.import_checks import (
+    assert_accounting,
     empty_tables,
     ids_by_source_row,
+    register,
     started_job,
 )
 
@@ -136,3 +140,34 @@ def test_a_version_swap_and_its_rollback_each_make_a_lookup_before_them_stale(cl
 
 def content_pair(row: int, question: str, answer: str) -> Pair:
     return Pair(row, question, answer, None, content_hash(question, answer))
+
+
+def test_two_imports_of_the_same_contents_at_once_store_each_content_once(clean, tmp_path):
+    """The same contents in the same order, so each import's batches commit between the
+    other's lookups of them and their turns: the lookups go stale and are made again under the
+    lock, and no content is stored twice."""
+    from helix_pipelines_tests.pipeline.test_source_sync import rows, write
+
+    engine = clean
+    files = [
+        write(tmp_path / "a.csv", rows(3000)),
+        write(tmp_path / "b.csv", rows(3000) + [("b?", "b.")]),
+    ]
+    small = ImportOptions(batch_size=AdaptiveBatchSize(initial=100, minimum=1, fixed=True))
+    imports = [register(engine, path) for path in files]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = list(pool.map(lambda job: import_file(engine, job.id, run_id=f"run-{job.id}",
+                                                     options=small).job, imports))  # fmt: skip
+    for job in done:
+        assert_accounting(job)
+    assert sum(job.pairs_created for job in done) == 3001
+    assert sum(job.duplicates_skipped for job in done) == 3000
+    with engine.connect() as conn:
+        pairs, contents = conn.exec_driver_sql(
+            "SELECT count(*), count(DISTINCT content_hash) FROM qa_pair"
+        ).one()
+        dangling = conn.exec_driver_sql(
+            "SELECT count(*) FROM import_duplicate d LEFT JOIN qa_pair p ON p.id = d.qa_pair_id "
+            "WHERE p.id IS NULL"
+        ).scalar()
+    assert (pairs, contents, dangling) == (3001, 3001, 0)
