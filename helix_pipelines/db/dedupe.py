@@ -39,11 +39,7 @@ def array_literal(values) -> str:
 
 def earliest_pairs(conn: Connection, hashes: Iterable[str]) -> dict[str, int]:
     """Inside a transaction: the earliest pair holding each content that exists."""
-    # While a table fills faster than autovacuum analyses it, the planner believes it is small
-    # and scans it whole for every batch: quadratic in the import. Thousands of probes into an
-    # index are right at any size.
-    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-    return _earliest_of(conn.exec_driver_sql(_EARLIEST, (array_literal(hashes),)))
+    return _earliest_of(_probe(conn, _EARLIEST, hashes))
 
 
 def look_up_early(engine: Engine, hashes: Iterable[str], *, timeout_s: float) -> EarlyLookup:
@@ -52,13 +48,18 @@ def look_up_early(engine: Engine, hashes: Iterable[str], *, timeout_s: float) ->
     where the writer would have given up."""
     with engine.begin() as conn:
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
-        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        rows = conn.exec_driver_sql(
-            f"SELECT NULL, tick FROM dedupe_clock UNION ALL {_EARLIEST}",
-            (array_literal(set(hashes)),),
-        ).all()
+        sql = f"SELECT NULL, tick FROM dedupe_clock UNION ALL {_EARLIEST}"
+        rows = _probe(conn, sql, set(hashes))
     (tick,) = [value for digest, value in rows if digest is None]
     return EarlyLookup(tick=tick, earliest=_earliest_of(row for row in rows if row[0] is not None))
+
+
+def _probe(conn: Connection, sql: str, hashes: Iterable[str]) -> list:
+    # While a table fills faster than autovacuum analyses it, the planner believes it is small
+    # and scans it whole for every batch: quadratic in the import. Thousands of probes into an
+    # index are right at any size.
+    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    return conn.exec_driver_sql(sql, (array_literal(hashes),)).all()
 
 
 def _earliest_of(rows) -> dict[str, int]:

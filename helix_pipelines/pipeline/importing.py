@@ -200,7 +200,11 @@ def _write_all(engine, job, report, source, writer, on_progress, local_path) -> 
     # writes; leaving the block (also by an exception) stops the reader before the file is
     # closed.
     options = writer.options
-    read = batches if options.keep_duplicates else _looked_up_early(engine, batches, options)
+    read = (
+        batches
+        if options.keep_duplicates
+        else _looked_up_early(engine, batches, timeout_s=options.batch_deadline_s)
+    )
     with ReadAhead(read, depth=READ_AHEAD_BATCHES, name="import-reader") as ahead:
         for batch in ahead:
             writer.write(batch)
@@ -217,7 +221,7 @@ def _write_all(engine, job, report, source, writer, on_progress, local_path) -> 
 
 
 def _looked_up_early(
-    engine: Engine, batches: Iterable[Batch], options: ImportOptions
+    engine: Engine, batches: Iterable[Batch], *, timeout_s: float
 ) -> Iterator[Batch]:
     """Each batch with its contents looked up in the knowledge base (db.dedupe), in the
     reader's thread while the writer commits the batch before. A lookup that fails is left to
@@ -225,8 +229,7 @@ def _looked_up_early(
     for batch in batches:
         if len(batch.pairs):
             try:
-                early = look_up_early(engine, batch.pairs.content_hashes,
-                                      timeout_s=options.batch_deadline_s)  # fmt: skip
+                early = look_up_early(engine, batch.pairs.content_hashes, timeout_s=timeout_s)
                 batch = replace(batch, early=early)
             except SQLAlchemyError as exc:
                 log.debug("early lookup of rows %d-%d failed: %s", batch.first_source_row,

@@ -8,6 +8,7 @@ import hashlib
 from helix_pipelines.core.parsing import Pair
 from helix_pipelines.db.batches import Batch, commit_batch
 from helix_pipelines_tests.pipeline.import_checks import (
+    duplicates_recorded,
     empty_tables,
     ids_by_source_row,
     started_job,
@@ -39,9 +40,7 @@ def test_each_duplicate_names_the_earliest_pair_with_its_content(engine):
         assert (outcome.pairs_created, outcome.duplicates_skipped) == (2, 4)
         own = ids_by_source_row(engine, second)
         assert sorted(own) == [2, 5]
-        with engine.connect() as conn:
-            query = "SELECT source_row, qa_pair_id FROM import_duplicate WHERE import_job_id = %s"
-            recorded = dict(conn.exec_driver_sql(query, (second,)).all())
-        assert recorded == {1: earlier[2], 3: own[2], 4: earlier[2], 6: earlier[3]}
+        expected = {1: earlier[2], 3: own[2], 4: earlier[2], 6: earlier[3]}
+        assert duplicates_recorded(engine, second) == expected
     finally:
         empty_tables(engine)

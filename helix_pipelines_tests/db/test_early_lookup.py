@@ -4,8 +4,8 @@ and none is skipped against a pair that is gone."""
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
@@ -16,18 +16,15 @@ from helix_pipelines.db import jobs
 from helix_pipelines.db.batches import Batch, commit_batch
 from helix_pipelines.db.dedupe import OwnBatches, look_up_early
 from helix_pipelines.pipeline.importing import ImportOptions, import_file
+from helix_pipelines_tests.db.test_duplicates_recorded import pair
 from helix_pipelines_tests.pipeline.import_checks import (
     assert_accounting,
+    duplicates_recorded,
     empty_tables,
     ids_by_source_row,
     register,
     started_job,
 )
-
-
-def pair(row: int, text: str) -> Pair:
-    return Pair(row, f"{text}?", f"Answer to {text}.", None,
-                hashlib.sha256(text.encode()).hexdigest())  # fmt: skip
 
 
 def batch(first: int, *texts: str) -> Batch:
@@ -36,20 +33,13 @@ def batch(first: int, *texts: str) -> Batch:
 
 
 def looked_up(engine, b: Batch) -> Batch:
-    return Batch(b.pairs, b.errors, b.first_source_row, b.last_source_row,
-                 early=look_up_early(engine, b.pairs.content_hashes, timeout_s=60))  # fmt: skip
+    return replace(b, early=look_up_early(engine, b.pairs.content_hashes, timeout_s=60))
 
 
 def commit(engine, job, b: Batch, own: OwnBatches | None = None):
     job_id, run_id = job
     return commit_batch(engine, job_id, run_id, b, keep_duplicates=False,
                         statement_timeout_s=60, own=own)  # fmt: skip
-
-
-def recorded(engine, job_id) -> dict[int, int]:
-    with engine.connect() as conn:
-        query = "SELECT source_row, qa_pair_id FROM import_duplicate WHERE import_job_id = %s"
-        return dict(conn.exec_driver_sql(query, (job_id,)).all())
 
 
 @pytest.fixture
@@ -69,7 +59,7 @@ def test_a_lookup_made_while_the_batch_before_was_in_flight_counts_its_contents(
     assert (outcome.pairs_created, outcome.duplicates_skipped) == (1, 2)
     ids = ids_by_source_row(engine, job[0])
     assert sorted(ids) == [1, 2, 4]
-    assert recorded(engine, job[0]) == {3: ids[2], 5: ids[1]}
+    assert duplicates_recorded(engine, job[0]) == {3: ids[2], 5: ids[1]}
 
 
 def test_another_import_committing_since_the_lookup_is_looked_up_again(clean):
@@ -80,7 +70,7 @@ def test_another_import_committing_since_the_lookup_is_looked_up_again(clean):
     commit(engine, other, batch(1, "y"))  # after the lookup, before this batch's turn
     outcome = commit(engine, job, mine, own)
     assert (outcome.pairs_created, outcome.duplicates_skipped) == (1, 1)
-    assert recorded(engine, job[0]) == {2: ids_by_source_row(engine, other[0])[1]}
+    assert duplicates_recorded(engine, job[0]) == {2: ids_by_source_row(engine, other[0])[1]}
 
 
 def test_a_pair_deleted_since_the_lookup_is_not_skipped_against(clean):
@@ -93,7 +83,7 @@ def test_a_pair_deleted_since_the_lookup_is_not_skipped_against(clean):
     jobs.rollback_job(engine, other[0], run_id=other[1])  # deletes z's only pair
     outcome = commit(engine, job, mine, own)
     assert (outcome.pairs_created, outcome.duplicates_skipped) == (2, 0)
-    assert recorded(engine, job[0]) == {}
+    assert duplicates_recorded(engine, job[0]) == {}
 
 
 def test_own_batches_account_for_the_ticks_they_made_and_no_others():

@@ -40,6 +40,13 @@ def ids_by_source_row(engine: sa.Engine, job_id: uuid.UUID) -> dict[int, int]:
         return dict(conn.execute(sa.text(sql), {"j": job_id}).all())
 
 
+def duplicates_recorded(engine: sa.Engine, job_id: uuid.UUID) -> dict[int, int]:
+    """Each skipped row of the job with the pair it was recorded against."""
+    sql = "SELECT source_row, qa_pair_id FROM import_duplicate WHERE import_job_id = :j"
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text(sql), {"j": job_id}).all())
+
+
 def source_rows_repeated(engine: sa.Engine, job_id: uuid.UUID) -> list[int]:
     sql = (
         "SELECT source_row FROM (SELECT source_row FROM qa_pair WHERE import_job_id = :j "
