@@ -479,26 +479,42 @@ class _KeyColumn:
         data, offsets = _layout(pc.ascii_lower(column))
         # Cleaning left TAB and LF as the only bytes below a space: both become one.
         # (np.maximum with an array: with a scalar it takes 15 times longer.)
-        keys = np.maximum(data, np.full_like(data, _SPACE))
+        keys = np.maximum(data, _spaces(len(data)))
         self.own_key_rows = _fold_non_ascii(keys, offsets)
-        self.blob, self.offsets = keys.tobytes(), offsets
+        self.keys, self.offsets = keys, offsets
         self.space_run_rows = _rows_with_space_runs(keys, offsets)
         self.special = self.own_key_rows | self.space_run_rows
 
     def array(self) -> pa.Array:
-        return binary_array(self.offsets, self.blob)
+        return binary_array(self.offsets, self.keys)
 
     def key(self, row: int) -> bytes:
         if row in self.own_key_rows:
             return hash_key(self.column[row].as_py())
-        key = self.blob[int(self.offsets[row]) : int(self.offsets[row + 1])]
+        key = self.keys[int(self.offsets[row]) : int(self.offsets[row + 1])].tobytes()
         return _SPACE_RUNS.sub(b" ", key) if row in self.space_run_rows else key
+
+
+_SPACES = np.full(0, _SPACE, dtype=np.uint8)
+
+
+def _spaces(count: int) -> np.ndarray:
+    """``count`` space bytes, a view of one array kept for every batch: filling a new one per
+    batch would be one more pass over memory the size of the batch's text."""
+    global _SPACES
+    spaces = _SPACES  # read once: another thread may replace it meanwhile
+    if len(spaces) < count:
+        spaces = _SPACES = np.full(max(count, 2 * len(spaces)), _SPACE, dtype=np.uint8)
+    return spaces[:count]
 
 
 def _rows_with_space_runs(keys: np.ndarray, offsets: np.ndarray) -> set[int]:
     spaces = keys == _SPACE
-    doubled = np.flatnonzero(spaces[1:] & spaces[:-1])
-    return set((np.searchsorted(offsets, doubled, side="right") - 1).tolist())
+    doubled = spaces[1:] & spaces[:-1]
+    if not doubled.any():  # the usual batch: no pass to find no position
+        return set()
+    at = np.flatnonzero(doubled)
+    return set((np.searchsorted(offsets, at, side="right") - 1).tolist())
 
 
 def _fold_non_ascii(keys: np.ndarray, offsets: np.ndarray) -> set[int]:
