@@ -35,7 +35,6 @@ from helix_pipelines.core.parsing.base import Pair, RowError
 from helix_pipelines.core.parsing.pair_block import (
     QUESTION_KEY,
     PairBlock,
-    binary_array,
     value_offsets,
     value_sizes,
 )
@@ -463,7 +462,33 @@ def _clean(column: pa.Array) -> pa.Array:
         column = pc.replace_substring(column, "\r", "\n")
     if len(low_bytes.translate(None, CONTROL_BYTES)) != len(low_bytes):
         column = pc.replace_substring_regex(column, _CONTROL_PATTERN, "")
+    if not _may_need_trim(column):
+        return column  # the usual batch: trimming would copy it unchanged
     return pc.utf8_trim(column, _python_whitespace())
+
+
+def _may_need_trim(column: pa.Array) -> bool:
+    """Whether a value may begin or end with whitespace: its first byte begins a whitespace
+    character's encoding, or its last byte ends one."""
+    data, offsets = _layout(column)
+    filled = offsets[1:] > offsets[:-1]
+    if not filled.any():
+        return False
+    begins, ends = _whitespace_byte_tables()
+    return bool(
+        begins[data[offsets[:-1][filled]]].any() or ends[data[offsets[1:][filled] - 1]].any()
+    )
+
+
+@functools.cache
+def _whitespace_byte_tables() -> tuple[np.ndarray, np.ndarray]:
+    """For each byte value: whether it begins, and whether it ends, the UTF-8 encoding of a
+    character ``str.strip()`` removes."""
+    begins, ends = np.zeros(256, dtype=bool), np.zeros(256, dtype=bool)
+    for char in _python_whitespace():
+        encoded = char.encode("utf-8")
+        begins[encoded[0]] = ends[encoded[-1]] = True
+    return begins, ends
 
 
 class _KeyColumn:
@@ -484,9 +509,6 @@ class _KeyColumn:
         self.keys, self.offsets = keys, offsets
         self.space_run_rows = _rows_with_space_runs(keys, offsets)
         self.special = self.own_key_rows | self.space_run_rows
-
-    def array(self) -> pa.Array:
-        return binary_array(self.offsets, self.keys)
 
     def key(self, row: int) -> bytes:
         if row in self.own_key_rows:
@@ -569,29 +591,26 @@ def _numpy(array: pa.Array) -> np.ndarray:
     return np.frombuffer(data, dtype=np.int32, count=len(array), offset=array.offset * 4)
 
 
-_SEPARATOR = binary_array(np.array([0, 1], dtype=np.int32), HASH_SEPARATOR_BYTES)[0]
-
-
 def _digests(
     questions: _KeyColumn, answers: _KeyColumn, wanted: np.ndarray
 ) -> tuple[list[str | None], np.ndarray]:
-    """``content_hash`` and ``question_key`` of every record: the keys are joined by pyarrow,
-    one SHA-256 a record over a slice of the joined bytes, its state after the question read
+    """``content_hash`` and ``question_key`` of every record: one SHA-256 a record over
+    slices of the two columns' key bytes (a joined copy of them would be one more pass over
+    memory the size of the batch's text), its state after the question and the separator read
     out on the way. Special rows are hashed again from their exact keys."""
-    joined = pc.binary_join_element_wise(questions.array(), answers.array(), _SEPARATOR)
-    data, offsets = _layout(joined)
-    # Slices of a memoryview: no copy of each record's bytes before hashing them.
-    blob, edges = memoryview(data), offsets.tolist()
-    # Where each question's part (its key and the separator) ends.
-    middles = (offsets[:-1] + np.diff(questions.offsets) + 1).tolist()
-    sha256 = hashlib.sha256
+    # Slices of memoryviews: no copy of each record's bytes before hashing them.
+    question_keys, question_edges = memoryview(questions.keys), questions.offsets.tolist()
+    answer_keys, answer_edges = memoryview(answers.keys), answers.offsets.tolist()
+    separator, sha256 = HASH_SEPARATOR_BYTES, hashlib.sha256
     digests: list[str | None] = []
     states: list[bytes] = []
     digest, state = digests.append, states.append
-    for start, middle, end in zip(edges, middles, edges[1:], strict=False):
-        hashing = sha256(blob[start:middle])
+    edges = zip(question_edges, question_edges[1:], answer_edges, answer_edges[1:], strict=False)
+    for question_start, question_end, answer_start, answer_end in edges:
+        hashing = sha256(question_keys[question_start:question_end])
+        hashing.update(separator)
         state(hashing.digest())
-        hashing.update(blob[middle:end])
+        hashing.update(answer_keys[answer_start:answer_end])
         digest(hashing.hexdigest())
     separator = HASH_SEPARATOR_BYTES
     for row in questions.special | answers.special:
