@@ -121,11 +121,9 @@ def write_csv(path: Path, rows: int, seed: int = 7) -> None:
 
 def parse_with_helix(path: Path, fast: bool = True) -> int:
     from helix_pipelines.core.arrow_memory import release_freed_memory_promptly
-    from helix_pipelines.core.heap_memory import keep_freed_heap_memory
     from helix_pipelines.core.parsing import open_source
 
-    release_freed_memory_promptly()  # Arrow's pool and glibc's heap as an import sets them
-    keep_freed_heap_memory()
+    release_freed_memory_promptly()  # Arrow's pool as an import sets it
     rows = 0
     with open_source(path) as source:
         source.use_fast_path = fast

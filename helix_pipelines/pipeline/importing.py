@@ -19,7 +19,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from helix_pipelines.core.adaptive import AdaptiveBatchSize
 from helix_pipelines.core.arrow_memory import release_freed_memory_promptly
 from helix_pipelines.core.errors import is_statement_timeout, is_transient
-from helix_pipelines.core.heap_memory import keep_freed_heap_memory
 from helix_pipelines.core.parsing import (
     Chunk,
     FileUnreadable,
@@ -132,7 +131,6 @@ def import_file(
     options = options or ImportOptions()
     started = time.monotonic()
     release_freed_memory_promptly()
-    keep_freed_heap_memory()
     job = jobs.start_job(engine, job_ref, run_id, stale_after_s=options.stale_after_s)
     report = ImportReport(job=job)
     if job.finished:
