@@ -55,6 +55,7 @@ _CONTROL_PATTERN = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"  # CONTROL_CHARS as an RE2 cl
 _SPACES_THEN_QUOTE = '^ +"'
 _SPACE_RUNS = re.compile(b"  +")
 _SPACE = 32
+_TWO_SPACES = 0x2020  # two space bytes read as one 16-bit number, in either byte order
 
 
 # Both sets below scan every code point when computed (0.1-0.25 s); the constants are theirs
@@ -202,6 +203,7 @@ class _BatchChecker:
         self.max_answer = options.max_answer_chars
         plan = source.plan
         self.indexes = (plan.question_index, plan.answer_index, plan.category_index)
+        self.scratch = (_Scratch(), _Scratch())  # the questions' and the answers' keys
 
     def rows(
         self, batch: pa.RecordBatch, first_row: int, start_after_row: int
@@ -261,7 +263,8 @@ class _BatchChecker:
         questions = _clean(columns[question_index])
         answers = _clean(columns[answer_index])
         fine = _fits(questions, self.max_question) & _fits(answers, self.max_answer)
-        digests, keys = _digests(_KeyColumn(questions), _KeyColumn(answers), fine)
+        question_keys = _KeyColumn(questions, self.scratch[0])
+        digests, keys = _digests(question_keys, _KeyColumn(answers, self.scratch[1]), fine)
         rows = np.arange(first_row, first_row + len(fine), dtype=np.int64)
         categories = self._categories(columns, category_index)
         block = PairBlock(rows, questions, answers, categories, digests, keys)
@@ -499,15 +502,16 @@ class _KeyColumn:
     to them. Rows still holding a run of spaces, or a character only ``hash_key`` itself can
     handle, are ``special``: ``key(row)`` gives their exact key, the batch blob does not."""
 
-    def __init__(self, column: pa.Array) -> None:
+    def __init__(self, column: pa.Array, scratch: _Scratch | None = None) -> None:
         self.column = column
+        scratch = scratch or _Scratch()
         data, offsets = _layout(pc.ascii_lower(column))
         # Cleaning left TAB and LF as the only bytes below a space: both become one.
         # (np.maximum with an array: with a scalar it takes 15 times longer.)
         keys = np.maximum(data, _spaces(len(data)))
-        self.own_key_rows = _fold_non_ascii(keys, offsets)
+        self.own_key_rows = _fold_non_ascii(keys, offsets, scratch)
         self.keys, self.offsets = keys, offsets
-        self.space_run_rows = _rows_with_space_runs(keys, offsets)
+        self.space_run_rows = _rows_with_space_runs(keys, offsets, scratch)
         self.special = self.own_key_rows | self.space_run_rows
 
     def key(self, row: int) -> bytes:
@@ -530,21 +534,44 @@ def _spaces(count: int) -> np.ndarray:
     return spaces[:count]
 
 
-def _rows_with_space_runs(keys: np.ndarray, offsets: np.ndarray) -> set[int]:
-    spaces = keys == _SPACE
-    doubled = spaces[1:] & spaces[:-1]
-    if not doubled.any():  # the usual batch: no pass to find no position
-        return set()
-    at = np.flatnonzero(doubled)
-    return set((np.searchsorted(offsets, at, side="right") - 1).tolist())
+class _Scratch:
+    """Arrays kept from one batch to the next for the batch-sized results of numpy steps. A
+    new array a step would hand glibc's heap back (these are a few hundred KB: mmap, or a trim
+    of the heap's top) and fault its pages in again at the next batch: 125,000 page faults per
+    300,000 rows of bench/parse.py's file, a fifth of the parse's CPU."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, size: int, dtype: type) -> np.ndarray:
+        """``size`` elements of the array called ``name`` (their values are left over)."""
+        kept = self._arrays.get(name)
+        if kept is None or len(kept) < size:
+            kept = self._arrays[name] = np.empty(size + size // 8, dtype=dtype)
+        return kept[:size]
 
 
-def _fold_non_ascii(keys: np.ndarray, offsets: np.ndarray) -> set[int]:
+def _rows_with_space_runs(keys: np.ndarray, offsets: np.ndarray, scratch: _Scratch) -> set[int]:
+    """Rows holding two spaces in a row. The byte pairs at even and then at odd offsets are
+    compared as 16-bit numbers: half a batch-sized array for both, no shifted copy."""
+    rows: set[int] = set()
+    for first in (0, 1):
+        pairs = (len(keys) - first) // 2
+        as_pairs = keys[first : first + 2 * pairs].view(np.uint16)
+        doubled = np.equal(as_pairs, _TWO_SPACES, out=scratch.array("pairs", pairs, np.bool_))
+        if doubled.any():  # rare: no pass to find no position otherwise
+            at = 2 * np.flatnonzero(doubled) + first
+            rows.update((np.searchsorted(offsets, at, side="right") - 1).tolist())
+    return rows
+
+
+def _fold_non_ascii(keys: np.ndarray, offsets: np.ndarray, scratch: _Scratch) -> set[int]:
     """Case-folds in place the characters ``_foldable_in_place`` allows, writing over their
     bytes; returns the rows holding any other non-ASCII character (they need ``hash_key``).
     Characters are found as code points computed from their bytes: no decoding, no pass over
     the bytes per character."""
-    starts = np.flatnonzero(keys >= 0xC0)  # lead bytes (the input is valid UTF-8)
+    leads = np.greater_equal(keys, 0xC0, out=scratch.array("mask", len(keys), np.bool_))
+    starts = np.flatnonzero(leads)  # lead bytes (the input is valid UTF-8)
     if not len(starts):
         return set()
     code_points = _code_points(keys, starts)
