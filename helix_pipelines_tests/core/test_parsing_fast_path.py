@@ -281,3 +281,16 @@ def test_unicode_constants_equal_their_definitions():
     assert fast_csv._python_whitespace() == fast_csv._computed_whitespace()
     starters = {c for c in fast_csv._may_compose_with_previous() if not unicodedata.combining(c)}
     assert fast_csv._composing_starters() == starters
+
+
+def test_space_runs_of_short_keys_after_longer_ones_with_the_same_kept_arrays():
+    # Found by test_generated_tables_read_the_same: an empty batch of keys after a longer one
+    # asked the kept arrays for -1 elements.
+    import numpy as np
+
+    scratch = fast_csv._Scratch()
+    for text in [b"a  b c", b"", b"a", b"  ", b"x  ", b"ab", b" a  b"]:
+        keys = np.frombuffer(text, dtype=np.uint8).copy()
+        offsets = np.array([0, len(text)], dtype=np.int32)
+        expected = {0} if b"  " in text else set()
+        assert fast_csv._rows_with_space_runs(keys, offsets, scratch) == expected, text

@@ -557,6 +557,8 @@ def _rows_with_space_runs(keys: np.ndarray, offsets: np.ndarray, scratch: _Scrat
     rows: set[int] = set()
     for first in (0, 1):
         pairs = (len(keys) - first) // 2
+        if pairs < 1:
+            continue
         as_pairs = keys[first : first + 2 * pairs].view(np.uint16)
         doubled = np.equal(as_pairs, _TWO_SPACES, out=scratch.array("pairs", pairs, np.bool_))
         if doubled.any():  # rare: no pass to find no position otherwise
