@@ -641,7 +641,6 @@ def _digests(
         state(hashing.digest())
         hashing.update(answer_keys[answer_start:answer_end])
         digest(hashing.hexdigest())
-    separator = HASH_SEPARATOR_BYTES
     for row in questions.special | answers.special:
         if not wanted[row]:
             digests[row] = None
