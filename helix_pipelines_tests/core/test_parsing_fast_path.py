@@ -294,3 +294,18 @@ def test_space_runs_of_short_keys_after_longer_ones_with_the_same_kept_arrays():
         offsets = np.array([0, len(text)], dtype=np.int32)
         expected = {0} if b"  " in text else set()
         assert fast_csv._rows_with_space_runs(keys, offsets, scratch) == expected, text
+
+
+def test_batch_keys_with_the_same_kept_arrays_across_batches_of_any_size():
+    # One _Scratch serves every batch of a column: a smaller batch after a bigger one reads a
+    # view of the kept spaces, a bigger one grows them; TAB and LF become spaces every time.
+    import pyarrow as pa
+
+    scratch = fast_csv._Scratch()
+    batches = [["Où\test  LE\nCOLIS", "b"], ["x"], ["A\tB " * 300, "É\n"], [""], ["Q\tq", "ß ẞ"]]
+    for values in batches:
+        cleaned = [clean_text(value) for value in values]
+        keys = fast_csv._KeyColumn(pa.array(cleaned, type=pa.string()), scratch)
+        assert [keys.key(row) for row in range(len(cleaned))] == [
+            hash_key(value) for value in cleaned
+        ]

@@ -508,7 +508,7 @@ class _KeyColumn:
         data, offsets = _layout(pc.ascii_lower(column))
         # Cleaning left TAB and LF as the only bytes below a space: both become one.
         # (np.maximum with an array: with a scalar it takes 15 times longer.)
-        keys = np.maximum(data, _spaces(len(data)))
+        keys = np.maximum(data, scratch.spaces(len(data)))
         self.own_key_rows = _fold_non_ascii(keys, offsets, scratch)
         self.keys, self.offsets = keys, offsets
         self.space_run_rows = _rows_with_space_runs(keys, offsets, scratch)
@@ -521,19 +521,6 @@ class _KeyColumn:
         return _SPACE_RUNS.sub(b" ", key) if row in self.space_run_rows else key
 
 
-_SPACES = np.full(0, _SPACE, dtype=np.uint8)
-
-
-def _spaces(count: int) -> np.ndarray:
-    """``count`` space bytes, a view of one array kept for every batch: filling a new one per
-    batch would be one more pass over memory the size of the batch's text."""
-    global _SPACES
-    spaces = _SPACES  # read once: another thread may replace it meanwhile
-    if len(spaces) < count:
-        spaces = _SPACES = np.full(max(count, 2 * len(spaces)), _SPACE, dtype=np.uint8)
-    return spaces[:count]
-
-
 class _Scratch:
     """Arrays kept from one batch to the next for the batch-sized results of numpy steps. A
     new array a step would hand glibc's heap back (these are a few hundred KB: mmap, or a trim
@@ -542,6 +529,7 @@ class _Scratch:
 
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
+        self._spaces = np.empty(0, dtype=np.uint8)
 
     def array(self, name: str, size: int, dtype: type) -> np.ndarray:
         """``size`` elements of the array called ``name`` (their values are left over)."""
@@ -549,6 +537,13 @@ class _Scratch:
         if kept is None or len(kept) < size:
             kept = self._arrays[name] = np.empty(size + size // 8, dtype=dtype)
         return kept[:size]
+
+    def spaces(self, size: int) -> np.ndarray:
+        """``size`` space bytes, for reading only: filled once, not once per batch (that would
+        be one more pass over memory the size of the batch's text)."""
+        if len(self._spaces) < size:
+            self._spaces = np.full(size + size // 8, _SPACE, dtype=np.uint8)
+        return self._spaces[:size]
 
 
 def _rows_with_space_runs(keys: np.ndarray, offsets: np.ndarray, scratch: _Scratch) -> set[int]:
