@@ -4,11 +4,12 @@ metrics. Imports and embeddings run through the Dagster instance, so they show i
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
 
-from helix_pipelines.db import jobs
+from helix_pipelines.db import jobs, liveness
 from helix_pipelines.settings import Settings
 
 
@@ -297,6 +298,8 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
     app = runtime.open_app(settings)
     blocked = _embeddings_blocked(settings, app.engine)
+    runs = liveness.owners(app.engine)
+    progress_of = functools.partial(job_progress, runs=runs, stale_after_s=settings.stale_after_s)
     if args.job:
         try:
             job = jobs.get_job(app.engine, args.job)
@@ -314,7 +317,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
                 "created_at": job.created_at,
                 "finished_at": job.finished_at,
                 "errors": jobs.row_errors_of(app.engine, job.id, limit=50),
-                "progress": job_progress(job),
+                "progress": progress_of(job),
                 "source_versions": _versions(app.engine, job),
             }
         )
@@ -329,7 +332,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     listing = [
         job_summary(app.engine, j.id)
         | {"source_name": j.source_name, "embeddings_blocked": blocked}
-        | {"progress": job_progress(j)}
+        | {"progress": progress_of(j)}
         for j in jobs.list_jobs(app.engine)
     ]
     if args.json:
@@ -340,9 +343,13 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def job_progress(job: jobs.Job) -> dict | None:
-    """{percent, time_left_s} of the file for a `processing` job (its reader's byte offset in
-    the checkpoint, the rate since the run started), else None."""
+def job_progress(job: jobs.Job, *, runs: dict, stale_after_s: float) -> dict | None:
+    """{percent, time_left_s, run, silent_s} of the file for a `processing` job (its reader's
+    byte offset in the checkpoint, the rate since the run started), else None. `run` is what
+    the job's run heartbeat says (`runs`: liveness.owners), as recovery reads it: `alive`;
+    `silent` (no beat for two intervals, not yet stale); `gone` (recovery will resume the job);
+    `none` (no run holds the job: between attempts, or its run released it). `silent_s`: the
+    heartbeat's age by the database's clock."""
     from datetime import UTC, datetime
 
     from helix_pipelines.core.progress import estimate
@@ -352,8 +359,22 @@ def job_progress(job: jobs.Job) -> dict | None:
         return None
     elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
     snap = estimate(checkpoint.get("bytes_read", 0), checkpoint["bytes_total"], elapsed)
-    eta = None if snap.eta_s is None else round(snap.eta_s)
-    return {"percent": snap.percent, "time_left_s": eta}
+    run, silent_s = _run_state(runs.get(job.dagster_run_id), stale_after_s)
+    eta = None if snap.eta_s is None or run != "alive" else round(snap.eta_s)
+    return {"percent": snap.percent, "time_left_s": eta, "run": run, "silent_s": silent_s}
+
+
+def _run_state(owner, stale_after_s: float) -> tuple[str, int | None]:
+    from helix_pipelines.core.liveness import heartbeat_interval, owner_is_dead, this_process
+
+    if owner is None:
+        return "none", None
+    silent_s = round(owner.heartbeat_age_s)
+    if owner_is_dead(owner, stale_after_s=stale_after_s, this_host=this_process().host):
+        return "gone", silent_s
+    if owner.heartbeat_age_s > 2 * heartbeat_interval(stale_after_s):
+        return "silent", silent_s
+    return "alive", silent_s
 
 
 def _progress_text(progress: dict | None) -> str:
@@ -361,7 +382,15 @@ def _progress_text(progress: dict | None) -> str:
         return ""
     from helix_pipelines.core.progress import format_duration
 
-    return f"{progress['percent']:.1f}%, {format_duration(progress['time_left_s'])} left"
+    done = f"{progress['percent']:.1f}%"
+    run, silent = progress.get("run", "alive"), format_duration(progress.get("silent_s"))
+    if run == "gone":
+        return f"{done}, its run is gone: recovery resumes it (`recover --resume`, or a sensor)"
+    if run == "silent":
+        return f"{done}, no heartbeat for {silent}"
+    if run == "none":
+        return f"{done}, no run holds it"
+    return f"{done}, {format_duration(progress['time_left_s'])} left"
 
 
 def _export_errors(engine, job: jobs.Job, path: Path, *, as_json: bool) -> int:

@@ -152,6 +152,14 @@ def test_importing_the_same_file_again_finishes_a_killed_import(
 ):
     killed = import_killed_at(settings, engine, big_file.path, 0.50)
     kept = ids_by_source_row(engine, killed.id)
+    # `status` tells the operator at once: the run's process is gone (its heartbeat is fresh).
+    code, out, err = finish(cli(settings, "status", "--json"))
+    assert code == 0, err[-3000:]
+    [listed] = json.loads(out)
+    assert (listed["status"], listed["progress"]["run"]) == ("processing", "gone")
+    assert listed["progress"]["time_left_s"] is None and 0 < listed["progress"]["percent"] < 100
+    code, out, err = finish(cli(settings, "status"))
+    assert code == 0 and "its run is gone: recovery resumes it" in out, out + err[-3000:]
 
     code, out, err = finish(cli(settings, "import", str(big_file.path), "--no-embed", "--json"))
     assert code == 0, err[-3000:]

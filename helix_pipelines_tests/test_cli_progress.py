@@ -70,6 +70,29 @@ def test_a_narrow_terminal_cuts_the_detail_not_the_percent_or_the_bar(width):
     assert " 42.5% " in line and "━" in line and "157.2" in line
 
 
+def test_status_says_what_the_run_heartbeat_of_a_processing_job_says():
+    from helix_pipelines.commands import _progress_text, _run_state
+    from helix_pipelines.core.liveness import Owner, this_process
+
+    me = this_process()  # a live process on this host: only its heartbeat's age can condemn it
+    alive = Owner(me.host, me.pid, me.started, heartbeat_age_s=3.0)
+    quiet = Owner(me.host, me.pid, me.started, heartbeat_age_s=100.0)
+    far_and_stale = Owner("another-host", 1, None, heartbeat_age_s=301.0)
+    states = [_run_state(owner, stale_after_s=300) for owner in (alive, quiet, far_and_stale)]
+    assert states == [("alive", 3), ("silent", 100), ("gone", 301)]
+    assert _run_state(None, stale_after_s=300) == ("none", None)
+    texts = [
+        _progress_text({"percent": 40.0, "time_left_s": 65, "run": run, "silent_s": silent})
+        for run, silent in [*states, ("none", None)]
+    ]
+    assert texts == [
+        "40.0%, 1m 05s left",
+        "40.0%, no heartbeat for 1m 40s",
+        "40.0%, its run is gone: recovery resumes it (`recover --resume`, or a sensor)",
+        "40.0%, no run holds it",
+    ]
+
+
 @pytest.mark.slow
 def test_the_bar_advances_on_a_terminal_and_status_shows_percent(engine, settings, tmp_path):
     path = write_qa_csv(tmp_path / "big.csv", 200_000, seed=11).path
@@ -95,6 +118,7 @@ def test_the_bar_advances_on_a_terminal_and_status_shows_percent(engine, setting
     [running] = [job for job in listing if job["status"] == "processing"]
     assert 0 < running["progress"]["percent"] < 100
     assert running["progress"]["time_left_s"] is not None
+    assert running["progress"]["run"] == "alive"
 
 
 @pytest.mark.slow
