@@ -54,9 +54,15 @@ def process_started(pid: int) -> float | None:
 
 
 def process_alive(pid: int, started: float | None) -> bool:
-    """The pid runs, and (when its start time was recorded) it is the same process."""
-    now_started = process_started(pid)
-    if now_started is None:
+    """The pid runs, and (when its start time was recorded) it is the same process. A zombie
+    (killed, its parent has not reaped it yet) is dead: it never runs again, and under a PID 1
+    that does not reap orphans it would stay in the process table for good."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        now_started = process.create_time()
+    except psutil.Error:
         return False
     if started is None:
         return True
