@@ -87,6 +87,7 @@ CONNECTION_LOST_PHRASES = (
     "the database system is in recovery mode",
     "no such file or directory",  # the unix socket is gone: the server is down or restarting
     "consuming input failed",
+    "connection socket closed",  # psycopg's wait, when the socket went away (a killed server)
     "connection is closed",
     "connection already closed",
     "connection to server",  # "connection to server at ... failed" / "... was lost"

@@ -108,6 +108,7 @@ def test_a_value_error_raised_while_handling_a_transient_error_stays_terminal():
         "the database system is shutting down",
         'connection to server on socket "/tmp/.s.PGSQL.5432" failed: No such file or directory',
         "consuming input failed: server closed the connection unexpectedly",
+        "connection socket closed",
     ],
 )
 def test_connection_lost_messages_without_sqlstate(message):
@@ -116,6 +117,24 @@ def test_connection_lost_messages_without_sqlstate(message):
     assert is_transient(driver_error)
     assert is_transient(wrapped(driver_error))
     assert is_transient(psycopg.InterfaceError(message))
+
+
+def test_a_failed_rollback_after_a_copy_lost_its_socket_is_transient():
+    # As an import's writer met it when every process of the embedded server was killed during
+    # its COPY: psycopg's wait found the socket gone, then SQLAlchemy's rollback of the broken
+    # transaction failed on its own, raised while handling the first error.
+    try:
+        try:
+            raise psycopg.OperationalError("connection socket closed")
+        except psycopg.OperationalError:
+            try:
+                raise psycopg.OperationalError(
+                    "sending query failed: another command is already in progress"
+                )
+            except psycopg.OperationalError as rollback:
+                raise sqlalchemy.exc.OperationalError("ROLLBACK", {}, rollback) from rollback
+    except sqlalchemy.exc.OperationalError as error:
+        assert is_transient(error)
 
 
 def test_operational_error_with_another_message_is_terminal():
