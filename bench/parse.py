@@ -178,18 +178,18 @@ def parse_with_arrow_and_hashes(path: Path) -> int:
     has: the floor of a parse that hashes each record, with no cleaning, keys or checks."""
     import hashlib
 
-    import numpy as np
+    from helix_pipelines.core.normalize import HASH_SEPARATOR_BYTES
 
-    rows, sha256 = 0, hashlib.sha256
+    rows, sha256, separator = 0, hashlib.sha256, HASH_SEPARATOR_BYTES
     for batch in _arrow_batches(path):
-        question_bytes, question_edges = _bytes_and_edges(batch.column(QUESTION_COLUMN), np)
-        answer_bytes, answer_edges = _bytes_and_edges(batch.column(ANSWER_COLUMN), np)
+        question_bytes, question_edges = _bytes_and_edges(batch.column(QUESTION_COLUMN))
+        answer_bytes, answer_edges = _bytes_and_edges(batch.column(ANSWER_COLUMN))
         edges = zip(
             question_edges, question_edges[1:], answer_edges, answer_edges[1:], strict=False
         )
         for question_start, question_end, answer_start, answer_end in edges:
             hashing = sha256(question_bytes[question_start:question_end])
-            hashing.update(b"\x1f")
+            hashing.update(separator)
             hashing.digest()
             hashing.update(answer_bytes[answer_start:answer_end])
             hashing.hexdigest()
@@ -208,9 +208,10 @@ def _arrow_batches(path: Path):
             reader.close()
 
 
-def _bytes_and_edges(column, np) -> tuple[memoryview, list[int]]:
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32, count=len(column) + 1)
-    return memoryview(column.buffers()[2]), offsets.tolist()
+def _bytes_and_edges(column) -> tuple[memoryview, list[int]]:
+    from helix_pipelines.core.parsing.pair_block import value_offsets
+
+    return memoryview(column.buffers()[2]), value_offsets(column).tolist()
 
 
 def read_through(path: Path) -> None:

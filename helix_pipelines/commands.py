@@ -346,12 +346,12 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def job_progress(job: jobs.Job, *, runs: dict, stale_after_s: float) -> dict | None:
     """{percent, time_left_s, run, silent_s} of the file for a `processing` job (its reader's
     byte offset in the checkpoint, the rate since the run started), else None. `run` is what
-    the job's run heartbeat says (`runs`: liveness.owners), as recovery reads it: `alive`;
-    `silent` (no beat for two intervals, not yet stale); `gone` (recovery will resume the job);
-    `none` (no run holds the job: between attempts, or its run released it). `silent_s`: the
-    heartbeat's age by the database's clock."""
+    the job's run heartbeat says (`runs`: liveness.owners; core.liveness.run_state): `alive`,
+    `silent`, `gone` or `none` (no run holds the job: between attempts, or its run released
+    it). `silent_s`: the heartbeat's age by the database's clock."""
     from datetime import UTC, datetime
 
+    from helix_pipelines.core.liveness import run_state, this_process
     from helix_pipelines.core.progress import estimate
 
     checkpoint = job.checkpoint_data or {}
@@ -359,22 +359,11 @@ def job_progress(job: jobs.Job, *, runs: dict, stale_after_s: float) -> dict | N
         return None
     elapsed = (datetime.now(UTC) - job.started_at).total_seconds()
     snap = estimate(checkpoint.get("bytes_read", 0), checkpoint["bytes_total"], elapsed)
-    run, silent_s = _run_state(runs.get(job.dagster_run_id), stale_after_s)
+    owner = runs.get(job.dagster_run_id)
+    run = run_state(owner, stale_after_s=stale_after_s, this_host=this_process().host)
+    silent_s = None if owner is None else round(owner.heartbeat_age_s)
     eta = None if snap.eta_s is None or run != "alive" else round(snap.eta_s)
     return {"percent": snap.percent, "time_left_s": eta, "run": run, "silent_s": silent_s}
-
-
-def _run_state(owner, stale_after_s: float) -> tuple[str, int | None]:
-    from helix_pipelines.core.liveness import heartbeat_interval, owner_is_dead, this_process
-
-    if owner is None:
-        return "none", None
-    silent_s = round(owner.heartbeat_age_s)
-    if owner_is_dead(owner, stale_after_s=stale_after_s, this_host=this_process().host):
-        return "gone", silent_s
-    if owner.heartbeat_age_s > 2 * heartbeat_interval(stale_after_s):
-        return "silent", silent_s
-    return "alive", silent_s
 
 
 def _progress_text(progress: dict | None) -> str:
@@ -383,7 +372,7 @@ def _progress_text(progress: dict | None) -> str:
     from helix_pipelines.core.progress import format_duration
 
     done = f"{progress['percent']:.1f}%"
-    run, silent = progress.get("run", "alive"), format_duration(progress.get("silent_s"))
+    run, silent = progress["run"], format_duration(progress["silent_s"])
     if run == "gone":
         return f"{done}, its run is gone: recovery resumes it (`recover --resume`, or a sensor)"
     if run == "silent":

@@ -71,16 +71,20 @@ def test_a_narrow_terminal_cuts_the_detail_not_the_percent_or_the_bar(width):
 
 
 def test_status_says_what_the_run_heartbeat_of_a_processing_job_says():
-    from helix_pipelines.commands import _progress_text, _run_state
-    from helix_pipelines.core.liveness import Owner, this_process
+    from helix_pipelines.commands import _progress_text
+    from helix_pipelines.core.liveness import Owner, run_state, this_process
 
     me = this_process()  # a live process on this host: only its heartbeat's age can condemn it
     alive = Owner(me.host, me.pid, me.started, heartbeat_age_s=3.0)
     quiet = Owner(me.host, me.pid, me.started, heartbeat_age_s=100.0)
     far_and_stale = Owner("another-host", 1, None, heartbeat_age_s=301.0)
-    states = [_run_state(owner, stale_after_s=300) for owner in (alive, quiet, far_and_stale)]
+    owners = (alive, quiet, far_and_stale)
+    states = [
+        (run_state(owner, stale_after_s=300, this_host=me.host), round(owner.heartbeat_age_s))
+        for owner in owners
+    ]
     assert states == [("alive", 3), ("silent", 100), ("gone", 301)]
-    assert _run_state(None, stale_after_s=300) == ("none", None)
+    assert run_state(None, stale_after_s=300, this_host=me.host) == "none"
     texts = [
         _progress_text({"percent": 40.0, "time_left_s": 65, "run": run, "silent_s": silent})
         for run, silent in [*states, ("none", None)]

@@ -47,22 +47,22 @@ def this_process() -> ThisProcess:
 
 
 def process_started(pid: int) -> float | None:
+    """The pid's start time, or None when no process has it. A zombie (killed, its parent has
+    not reaped it yet) counts as none: it never runs again, and under a PID 1 that does not reap
+    orphans it would stay in the process table for good."""
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
     except psutil.Error:
         return None
 
 
 def process_alive(pid: int, started: float | None) -> bool:
-    """The pid runs, and (when its start time was recorded) it is the same process. A zombie
-    (killed, its parent has not reaped it yet) is dead: it never runs again, and under a PID 1
-    that does not reap orphans it would stay in the process table for good."""
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        now_started = process.create_time()
-    except psutil.Error:
+    """The pid runs, and (when its start time was recorded) it is the same process."""
+    now_started = process_started(pid)
+    if now_started is None:
         return False
     if started is None:
         return True
@@ -81,6 +81,19 @@ def owner_is_dead(
     if owner.host == this_host and not alive(owner.pid, owner.pid_started):
         return True
     return owner.heartbeat_age_s > max(stale_after_s, FRESH_S)
+
+
+def run_state(owner: Owner | None, *, stale_after_s: float, this_host: str) -> str:
+    """What a run's heartbeat says, as recovery reads it: `gone` (recovery will resume its
+    work), `silent` (no beat for two intervals, not yet stale), `alive`, or `none` (no heartbeat
+    row: no run holds the work)."""
+    if owner is None:
+        return "none"
+    if owner_is_dead(owner, stale_after_s=stale_after_s, this_host=this_host):
+        return "gone"
+    if owner.heartbeat_age_s > 2 * heartbeat_interval(stale_after_s):
+        return "silent"
+    return "alive"
 
 
 def heartbeat_interval(stale_after_s: float) -> float:
