@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 import tempfile
 from pathlib import Path
 
@@ -309,3 +310,58 @@ def test_batch_keys_with_the_same_kept_arrays_across_batches_of_any_size():
         assert [keys.key(row) for row in range(len(cleaned))] == [
             hash_key(value) for value in cleaned
         ]
+
+
+def bench_like_file(tmp_path: Path, rows: int, long_answer_at: int | None = None) -> Path:
+    """Answers of 200-900 characters with quotes, commas and line breaks, as in
+    bench/parse.py, and one of 1,500 at ``long_answer_at``."""
+    rng = random.Random(7)
+    words = ["order", "refund", "déjà", "€", '"quoted"', "a, b", "line\nbreak", "the"]
+    lines = [["question", "answer"]] + [
+        [f"How do I change order {n}?", " ".join(rng.choices(words, k=rng.randint(30, 140)))]
+        for n in range(rows)
+    ]
+    if long_answer_at is not None:
+        lines[long_answer_at][1] = "déjà vu " * 190
+    return write(tmp_path / "faq.csv", lines)
+
+
+def test_the_reader_reads_only_a_few_blocks_ahead_of_the_batches_taken(tmp_path, monkeypatch):
+    monkeypatch.setattr(fast_csv, "BLOCK_BYTES", 4096)
+    path = bench_like_file(tmp_path, 2000)
+    with open_source(path) as source:
+        reader = fast_csv._open_reader(source)
+        stream = reader._stream
+        try:
+            taken = [reader.read_next_batch() for _ in range(3)]
+            # pyarrow's own read-ahead would have read on: it waits for the next batch taken
+            assert stream.held_back.wait(timeout=30)
+            ahead = stream.tell() - source.data_offset - 3 * fast_csv.BLOCK_BYTES
+            assert ahead <= fast_csv.READ_AHEAD_BLOCKS * fast_csv.BLOCK_BYTES
+            rows = sum(batch.num_rows for batch in [*taken, *reader])
+        finally:
+            reader.close()
+    assert rows == 2000
+
+
+def test_records_across_block_ends_never_keep_the_reader_waiting(tmp_path, monkeypatch, caplog):
+    # Records of 200-900 bytes in blocks of 1,024: many end in the next block. One longer
+    # than a block makes pyarrow fail there, and the exact reader take over.
+    monkeypatch.setattr(fast_csv, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(fast_csv._PacedFile, "PATIENCE_S", 5.0)
+    path = bench_like_file(tmp_path, 400, long_answer_at=200)
+    fast = read(path, ParseOptions(), fast=True)
+    assert "waited" not in caplog.text
+    assert fast == read(path, ParseOptions(), fast=False)
+
+
+def test_closing_a_reader_early_ends_its_background_reads(tmp_path, monkeypatch):
+    # A read still running in pyarrow's I/O thread when the interpreter exits aborts it.
+    monkeypatch.setattr(fast_csv, "BLOCK_BYTES", 4096)
+    path = bench_like_file(tmp_path, 2000)
+    with open_source(path) as source:
+        reader = fast_csv._open_reader(source)
+        reader.read_next_batch()
+        assert reader._stream.held_back.wait(timeout=30)  # a read is waiting
+        reader.close()
+        assert reader._stream._stopped()

@@ -13,9 +13,11 @@ import csv
 import functools
 import hashlib
 import io
+import logging
 import os
 import re
 import sys
+import threading
 import unicodedata
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -39,16 +41,19 @@ from helix_pipelines.core.parsing.pair_block import (
     value_sizes,
 )
 
+_log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from helix_pipelines.core.parsing.csv_reader import DelimitedSource
 
 # A record must fit in one block; a bigger one makes pyarrow fail and the exact reader take over
-# (a record a pair can come from, answers being at most 32,000 characters, fits). The block size
-# sets most of a parse's memory: pyarrow's streaming reader reads up to 32 blocks ahead of the
-# parser (its background queue, kDefaultBackgroundMaxQ), whatever the file's size once it is
-# longer than that. Peak Arrow memory of an 80,000-row parse: 45 MB at 1 MiB, 27 at 512 KiB, 17
-# at 256 KiB; the parse is 6-8% slower at 512 KiB, 40% at 256 (interleaved in one process).
-BLOCK_BYTES = 512 * 1024
+# (a record a pair can come from, answers being at most 32,000 characters, fits). Each batch
+# costs some fixed work (a few dozen numpy and Arrow calls): at 512 KiB blocks (about 500 rows
+# of bench/parse.py's file) the parse was 15-25% slower than at 1 MiB. Memory is set by the
+# blocks read ahead, which _PacedFile bounds: peak RSS of a 300,000-row parse 136-140 MB,
+# against 139-141 MB at 512 KiB with pyarrow's own read-ahead of 32 blocks.
+BLOCK_BYTES = 1024 * 1024
+READ_AHEAD_BLOCKS = 4  # a record across a block's end needs 3: with 2, reads waited out PATIENCE_S
 FAST_ENCODINGS = ("utf-8", "utf-8-sig")
 _CONTROL_PATTERN = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"  # CONTROL_CHARS as an RE2 class
 # skipinitialspace: the csv module skips spaces before a quote and then reads a quoted field.
@@ -159,19 +164,20 @@ def fast_rows(
     yield from source._exact_rows(resume_after)
 
 
-def _open_reader(source: DelimitedSource) -> pa.RecordBatchReader | None:
+def _open_reader(source: DelimitedSource) -> _PacedReader | None:
     offset = source.data_offset
     if offset is None or source.encoding not in FAST_ENCODINGS or source.plan.width < 2:
         return None
     try:
-        stream = pa.OSFile(str(source.path))
-        stream.seek(offset)
-        if stream.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8:
+        stream = _PacedFile(source.path, offset, READ_AHEAD_BLOCKS)
+    except OSError:
+        return None
+    try:
+        if stream.peek(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8:
             stream.close()  # pyarrow would drop a BOM here, the csv module keeps it as text
             return None
-        stream.seek(offset)
         names = [f"f{index}" for index in range(source.plan.width)]
-        return pa_csv.open_csv(
+        reader = pa_csv.open_csv(
             stream,
             read_options=pa_csv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
             parse_options=pa_csv.ParseOptions(
@@ -187,7 +193,130 @@ def _open_reader(source: DelimitedSource) -> pa.RecordBatchReader | None:
             ),
         )
     except (pa.ArrowException, OSError):
+        stream.close()
         return None
+    return _PacedReader(reader, stream)
+
+
+class _PacedFile:
+    """The file from ``offset`` as pyarrow's CSV reader reads it, never more than ``ahead``
+    blocks ahead of the batches taken from the reader (``taken``).
+
+    The streaming reader's background thread reads up to 32 blocks ahead of the parser
+    (kDefaultBackgroundMaxQ), whatever the consumer's pace: a parse waiting on the database
+    held 16 MB of 512 KiB blocks, and blocks large enough to keep the per-batch costs small
+    would hold twice that. A batch needs its own block and the next one (the end of its last
+    record, and whether it is the last), or two more when a record spans a block's end; the
+    reader's parse-ahead waits here like the rest. A read that waits longer than
+    ``PATIENCE_S`` goes ahead anyway: memory, never a hang. Blocks are read into Arrow's pool
+    (``read_buffer``), which reuses their memory.
+
+    The reads run on pyarrow's I/O thread, in Python: one still running when the interpreter
+    exits aborts the process. So ``close`` ends them first: the next read finds the end of
+    the file, and the background reading stops there."""
+
+    PATIENCE_S = 30.0
+    CLOSE_WAIT_S = 5.0
+
+    def __init__(self, path, offset: int, ahead: int) -> None:
+        self._path = path
+        self._file = pa.OSFile(str(path))
+        self._file.seek(offset)
+        self._turn = threading.Condition()
+        self._reads = 0
+        self._allowed = ahead
+        self._closing = False
+        self._reading = False
+        self._ended = False  # the reader was given the end of the file, or an error
+        self.closed = False
+        self.held_back = threading.Event()  # a read has waited for the batches to be taken
+
+    def peek(self, size: int) -> bytes:
+        start = self._file.tell()
+        head = self._file.read(size)
+        self._file.seek(start)
+        return head
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def read(self, size: int = -1) -> pa.Buffer:
+        with self._turn:
+            if not self._may_read():
+                self.held_back.set()
+            if not self._turn.wait_for(self._may_read, timeout=self.PATIENCE_S):
+                _log.warning(
+                    "parsing %s: pyarrow waited %.0f s to read ahead; reading on",
+                    self._path,
+                    self.PATIENCE_S,
+                )
+            if self._closing:
+                self._ended = True
+                self._turn.notify_all()
+                return pa.py_buffer(b"")
+            self._reads += 1
+            self._reading = True
+        data = None
+        try:
+            data = self._file.read_buffer(None if size < 0 else size)
+            return data
+        finally:
+            with self._turn:
+                self._reading = False
+                self._ended = data is None or data.size == 0
+                self._turn.notify_all()
+
+    def _may_read(self) -> bool:
+        return self._closing or self._reads < self._allowed
+
+    def taken(self) -> None:
+        with self._turn:
+            self._allowed += 1
+            self._turn.notify_all()
+
+    def close(self) -> None:
+        with self._turn:
+            self._closing = True
+            self._turn.notify_all()
+            if self._reads:  # the background reading began: it goes on to the end
+                self._turn.wait_for(self._stopped, timeout=self.CLOSE_WAIT_S)
+        if not self.closed:
+            self.closed = True
+            self._file.close()
+
+    def _stopped(self) -> bool:
+        return self._ended and not self._reading
+
+
+class _PacedReader:
+    """pyarrow's streaming reader over a ``_PacedFile``: each batch taken lets one more block
+    be read."""
+
+    def __init__(self, reader: pa.RecordBatchReader, stream: _PacedFile) -> None:
+        self._reader, self._stream = reader, stream
+
+    def read_next_batch(self) -> pa.RecordBatch:
+        try:
+            return self._reader.read_next_batch()
+        finally:
+            self._stream.taken()
+
+    def __iter__(self):
+        while True:
+            try:
+                yield self.read_next_batch()
+            except StopIteration:
+                return
+
+    def close(self) -> None:
+        self._stream.close()  # first: it ends the background reads
+        self._reader.close()
 
 
 class _BatchChecker:
