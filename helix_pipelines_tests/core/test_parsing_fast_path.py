@@ -365,3 +365,10 @@ def test_closing_a_reader_early_ends_its_background_reads(tmp_path, monkeypatch)
         assert reader._stream.held_back.wait(timeout=30)  # a read is waiting
         reader.close()
         assert reader._stream._stopped()
+
+
+def test_the_latin_lowercase_the_batch_code_skips_is_foldable_and_folded():
+    skipped = [chr(code) for code in range(0xE0, 0x100)]
+    assert {char.encode("utf-8")[0] for char in skipped} == {0xC3}
+    assert all(fast_csv._foldable_in_place(char) and char.casefold() == char for char in skipped)
+    assert {char.encode("utf-8")[1] for char in skipped} == set(range(0xA0, 0xC0))
