@@ -9,11 +9,11 @@ resumes after the last record emitted. The rules are in docs/parsing.md ("Fast p
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import functools
 import hashlib
 import io
-import logging
 import os
 import re
 import sys
@@ -41,8 +41,6 @@ from helix_pipelines.core.parsing.pair_block import (
     value_sizes,
 )
 
-_log = logging.getLogger(__name__)
-
 if TYPE_CHECKING:
     from helix_pipelines.core.parsing.csv_reader import DelimitedSource
 
@@ -53,7 +51,7 @@ if TYPE_CHECKING:
 # blocks read ahead, which _PacedFile bounds: peak RSS of a 300,000-row parse 136-140 MB,
 # against 139-141 MB at 512 KiB with pyarrow's own read-ahead of 32 blocks.
 BLOCK_BYTES = 1024 * 1024
-READ_AHEAD_BLOCKS = 4  # a record across a block's end needs 3: with 2, reads waited out PATIENCE_S
+READ_AHEAD_BLOCKS = 4  # blocks read ahead of the batches taken: pyarrow parses ahead in them
 FAST_ENCODINGS = ("utf-8", "utf-8-sig")
 _CONTROL_PATTERN = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"  # CONTROL_CHARS as an RE2 class
 # skipinitialspace: the csv module skips spaces before a quote and then reads a quoted field.
@@ -177,59 +175,65 @@ def _open_reader(source: DelimitedSource) -> _PacedReader | None:
             stream.close()  # pyarrow would drop a BOM here, the csv module keeps it as text
             return None
         names = [f"f{index}" for index in range(source.plan.width)]
-        reader = pa_csv.open_csv(
-            stream,
-            read_options=pa_csv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
-            parse_options=pa_csv.ParseOptions(
-                delimiter=source.delimiter,
-                quote_char='"',
-                double_quote=True,
-                escape_char=False,
-                newlines_in_values=True,
-                ignore_empty_lines=False,  # an empty line is a record: it keeps its number
-            ),
-            convert_options=pa_csv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False
-            ),
-        )
+        with stream.waited_on():
+            reader = _open_csv(stream, source, names)
     except (pa.ArrowException, OSError):
         stream.close()
         return None
     return _PacedReader(reader, stream)
 
 
+def _open_csv(stream: _PacedFile, source: DelimitedSource, names: list[str]):
+    return pa_csv.open_csv(
+        stream,
+        read_options=pa_csv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
+        parse_options=pa_csv.ParseOptions(
+            delimiter=source.delimiter,
+            quote_char='"',
+            double_quote=True,
+            escape_char=False,
+            newlines_in_values=True,
+            ignore_empty_lines=False,  # an empty line is a record: it keeps its number
+        ),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False
+        ),
+    )
+
+
 class _PacedFile:
-    """The file from ``offset`` as pyarrow's CSV reader reads it, never more than ``ahead``
-    blocks ahead of the batches taken from the reader (``taken``).
+    """The file from ``offset`` as pyarrow's CSV reader reads it, ``ahead`` blocks ahead of
+    the batches taken from the reader.
 
     The streaming reader's background thread reads up to 32 blocks ahead of the parser
     (kDefaultBackgroundMaxQ), whatever the consumer's pace: a parse waiting on the database
     held 16 MB of 512 KiB blocks, and blocks large enough to keep the per-batch costs small
-    would hold twice that. A batch needs its own block and the next one (the end of its last
-    record, and whether it is the last), or two more when a record spans a block's end; the
-    reader's parse-ahead waits here like the rest. A read that waits longer than
-    ``PATIENCE_S`` goes ahead anyway: memory, never a hang. Blocks are read into Arrow's pool
+    would hold twice that. How many blocks a batch needs is pyarrow's business (its own block,
+    the next one for the end of its last record, more when a record spans a block's end): a
+    consumer left waiting for a batch for ``STARVED_S`` lets the next read go ahead, so the
+    pacing can delay the reader, never stop it. Blocks are read into Arrow's pool
     (``read_buffer``), which reuses their memory.
 
     The reads run on pyarrow's I/O thread, in Python: one still running when the interpreter
     exits aborts the process. So ``close`` ends them first: the next read finds the end of
     the file, and the background reading stops there."""
 
-    PATIENCE_S = 30.0
+    STARVED_S = 0.002
     CLOSE_WAIT_S = 5.0
 
     def __init__(self, path, offset: int, ahead: int) -> None:
-        self._path = path
         self._file = pa.OSFile(str(path))
         self._file.seek(offset)
         self._turn = threading.Condition()
+        self._ahead = ahead
         self._reads = 0
-        self._allowed = ahead
+        self._taken = 0
+        self._consumer_waiting = False
         self._closing = False
         self._reading = False
         self._ended = False  # the reader was given the end of the file, or an error
         self.closed = False
-        self.held_back = threading.Event()  # a read has waited for the batches to be taken
+        self.held_back = threading.Event()  # a read has waited for a batch to be taken
 
     def peek(self, size: int) -> bytes:
         start = self._file.tell()
@@ -250,12 +254,7 @@ class _PacedFile:
         with self._turn:
             if not self._may_read():
                 self.held_back.set()
-            if not self._turn.wait_for(self._may_read, timeout=self.PATIENCE_S):
-                _log.warning(
-                    "parsing %s: pyarrow waited %.0f s to read ahead; reading on",
-                    self._path,
-                    self.PATIENCE_S,
-                )
+                self._wait_for_turn()
             if self._closing:
                 self._ended = True
                 self._turn.notify_all()
@@ -272,12 +271,38 @@ class _PacedFile:
                 self._ended = data is None or data.size == 0
                 self._turn.notify_all()
 
+    def _wait_for_turn(self) -> None:
+        """Until a batch is taken; or, if the consumer has been waiting for one ``STARVED_S``,
+        now: that batch needs this block."""
+        while not self._may_read():
+            if not self._consumer_waiting:
+                self._turn.wait()
+            elif not self._turn.wait_for(self._consumer_served, timeout=self.STARVED_S):
+                return
+
     def _may_read(self) -> bool:
-        return self._closing or self._reads < self._allowed
+        return self._closing or self._reads < self._taken + self._ahead
+
+    def _consumer_served(self) -> bool:
+        return self._may_read() or not self._consumer_waiting
+
+    @contextlib.contextmanager
+    def waited_on(self) -> Iterator[None]:
+        """Around a call that waits for the reader: opening it (pyarrow parses the first
+        batch there) or taking a batch."""
+        with self._turn:
+            self._consumer_waiting = True
+            self._turn.notify_all()
+        try:
+            yield
+        finally:
+            with self._turn:
+                self._consumer_waiting = False
+                self._turn.notify_all()
 
     def taken(self) -> None:
         with self._turn:
-            self._allowed += 1
+            self._taken += 1
             self._turn.notify_all()
 
     def close(self) -> None:
@@ -303,7 +328,8 @@ class _PacedReader:
 
     def read_next_batch(self) -> pa.RecordBatch:
         try:
-            return self._reader.read_next_batch()
+            with self._stream.waited_on():
+                return self._reader.read_next_batch()
         finally:
             self._stream.taken()
 
