@@ -388,3 +388,25 @@ def test_the_latin_lowercase_the_batch_code_skips_is_foldable_and_folded():
     assert {char.encode("utf-8")[0] for char in skipped} == {0xC3}
     assert all(fast_csv._foldable_in_place(char) and char.casefold() == char for char in skipped)
     assert {char.encode("utf-8")[1] for char in skipped} == set(range(0xA0, 0xC0))
+
+
+def test_a_process_ends_with_a_reader_it_never_closed(tmp_path):
+    # pyarrow joins its I/O thread at exit, and that thread waits in the paced file's read:
+    # without closing what is still open at exit, the process hangs.
+    path = bench_like_file(tmp_path, 2000)
+    child = f"""
+from pathlib import Path
+from helix_pipelines.core.parsing import fast_csv, open_source
+fast_csv.BLOCK_BYTES = 4096
+source = open_source(Path({str(path)!r})).__enter__()
+reader = fast_csv._open_reader(source)
+reader.read_next_batch()
+print(reader._stream.held_back.wait(timeout=30))
+"""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", child], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not end")
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-2000:]

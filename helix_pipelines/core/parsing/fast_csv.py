@@ -8,6 +8,7 @@ resumes after the last record emitted. The rules are in docs/parsing.md ("Fast p
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import contextlib
 import csv
@@ -19,6 +20,7 @@ import re
 import sys
 import threading
 import unicodedata
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -234,6 +236,7 @@ class _PacedFile:
         self._ended = False  # the reader was given the end of the file, or an error
         self.closed = False
         self.held_back = threading.Event()  # a read has waited for a batch to be taken
+        _OPEN_FILES.add(self)
 
     def peek(self, size: int) -> bytes:
         start = self._file.tell()
@@ -317,6 +320,17 @@ class _PacedFile:
 
     def _stopped(self) -> bool:
         return self._ended and not self._reading
+
+
+# A read left waiting at exit keeps pyarrow's I/O thread, and with it the process, from ending
+# (pyarrow joins its threads then): every file still open is closed first.
+_OPEN_FILES: weakref.WeakSet[_PacedFile] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_files() -> None:
+    for stream in list(_OPEN_FILES):
+        stream.close()
 
 
 class _PacedReader:
