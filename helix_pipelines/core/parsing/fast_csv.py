@@ -226,6 +226,7 @@ class _PacedFile:
     def __init__(self, path, offset: int, ahead: int) -> None:
         self._file = pa.OSFile(str(path))
         self._file.seek(offset)
+        self._pid = os.getpid()
         self._turn = threading.Condition()
         self._ahead = ahead
         self._reads = 0
@@ -312,7 +313,9 @@ class _PacedFile:
         with self._turn:
             self._closing = True
             self._turn.notify_all()
-            if self._reads:  # the background reading began: it goes on to the end
+            # The background reading began: it goes on to the end (in this process: a forked
+            # child has the file, not pyarrow's threads).
+            if self._reads and os.getpid() == self._pid:
                 self._turn.wait_for(self._stopped, timeout=self.CLOSE_WAIT_S)
         if not self.closed:
             self.closed = True
