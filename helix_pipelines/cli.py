@@ -6,6 +6,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,11 @@ def run() -> None:
     gc.set_threshold(STARTUP_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     try:
         code = main()
+    except BrokenPipeError:
+        # Whoever read the output stopped (`status --json | head`): stop quietly, as other
+        # command-line tools do, and keep the exit's flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     finally:
         # Shutdown would run one more full collection over that whole heap (most of a second)
         # only to free memory the exit frees anyway; atexit handlers and refcounting still run.

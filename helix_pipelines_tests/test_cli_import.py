@@ -15,6 +15,7 @@ from helix_pipelines.pipeline.importing import ImportOptions, import_file
 from helix_pipelines.pipeline.inbox import STAGING_DIR
 from helix_pipelines.pipeline.intake import intake_file
 from helix_pipelines_tests.support.db_fixtures import subprocess_env
+from helix_pipelines_tests.support.embed_driver import insert_job
 from helix_pipelines_tests.support.generate import write_qa_csv
 
 SUMMARY_KEYS = {
@@ -169,3 +170,16 @@ def staged_copies(settings) -> list:
     """Copies left in the staging area: each taken file's copy is stored or removed."""
     staging = settings.files_dir / STAGING_DIR
     return list(staging.iterdir()) if staging.exists() else []
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(engine, settings):
+    for number in range(20):  # `status --json` then writes more than stdout's buffer
+        insert_job(engine, [(f"question {number}?", f"answer {number}")])
+    command = [sys.executable, "-m", "helix_pipelines.cli", "status", "--json"]
+    process = subprocess.Popen(
+        command, env=subprocess_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()  # gone before the program writes, as `head` once it has its lines
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=180) == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
