@@ -31,6 +31,8 @@ from pathlib import Path
 
 import psutil
 
+from helix_pipelines.core.liveness import process_alive, process_started
+
 log = logging.getLogger(__name__)
 
 GUARD_POLL_S = 0.5
@@ -175,7 +177,7 @@ class EmbeddedPostgres:
 
     def _register(self, pid: int) -> None:
         users = [u for u in self._live_users() if u["pid"] != pid]
-        users.append({"pid": pid, "create_time": _create_time(pid)})
+        users.append({"pid": pid, "create_time": process_started(pid)})
         self._write_users(users)
 
     def _live_users(self) -> list[dict]:
@@ -183,8 +185,13 @@ class EmbeddedPostgres:
             users = json.loads(self._users_path.read_text())
         except (FileNotFoundError, ValueError):
             return []
-        # A pid reused by an unrelated process has another start time: it is not a user.
-        return [u for u in users if _create_time(u["pid"]) == u.get("create_time")]
+        # A pid reused by an unrelated process has another start time: it is not a user. Nor is
+        # a killed one its parent has not reaped yet (for good, under a PID 1 that never does).
+        return [
+            u
+            for u in users
+            if u.get("create_time") is not None and process_alive(u["pid"], u["create_time"])
+        ]
 
     def _write_users(self, users: list[dict]) -> None:
         tmp = self._users_path.with_suffix(".tmp")
@@ -332,20 +339,8 @@ def _read_postmaster(pgdata: Path) -> dict | None:
     }
 
 
-def _create_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
 def _process_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    return bool(pid) and process_started(pid) is not None
 
 
 if __name__ == "__main__":

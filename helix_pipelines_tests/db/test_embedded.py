@@ -241,3 +241,19 @@ def test_migrate_data_moves_an_old_cluster_to_the_new_server(home):
         )
     assert version.startswith("0.8.")
     engine.dispose()
+
+
+def test_a_killed_user_its_parent_has_not_reaped_is_no_user(tmp_path):
+    # Until reaped (for good under a PID 1 that never reaps), the killed process keeps its
+    # pid and start time: counted as a user, it kept the server up, an orphan.
+    server = EmbeddedPostgres(tmp_path)  # never started: only its registry of users
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        server._register(child.pid)
+        assert [user["pid"] for user in server._live_users()] == [child.pid]
+        os.kill(child.pid, signal.SIGKILL)
+        wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 30, "a zombie")
+        assert server._live_users() == []
+    finally:
+        child.kill()
+        child.wait()
