@@ -220,7 +220,7 @@ class _PacedFile:
     exits aborts the process. So ``close`` ends them first: the next read finds the end of
     the file, and the background reading stops there."""
 
-    STARVED_S = 0.002
+    STARVED_S = 0.01  # a consumer waits that long for a batch pyarrow is still parsing, rarely
     CLOSE_WAIT_S = 5.0
 
     def __init__(self, path, offset: int, ahead: int) -> None:
