@@ -328,6 +328,16 @@ def bench_like_file(tmp_path: Path, rows: int, long_answer_at: int | None = None
     return write(tmp_path / "faq.csv", lines)
 
 
+def run_child(code: str, *, timeout_s: float, hung: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter: a hang there fails the test, not the suite."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(hung)
+
+
 def test_the_reader_reads_only_a_few_blocks_ahead_of_the_batches_taken(tmp_path, monkeypatch):
     monkeypatch.setattr(fast_csv, "BLOCK_BYTES", 4096)
     monkeypatch.setattr(fast_csv._PacedFile, "STARVED_S", 60.0)  # never, on a slow machine too
@@ -362,12 +372,7 @@ fast_csv.BLOCK_BYTES, fast_csv.READ_AHEAD_BLOCKS = 1024, 1
 path = Path({str(path)!r})
 print(read(path, ParseOptions(), fast=True) == read(path, ParseOptions(), fast=False))
 """
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", child], capture_output=True, text=True, timeout=120
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the parse waited for blocks the pacing held back")
+    done = run_child(child, timeout_s=120, hung="the parse waited for blocks the pacing held back")
     assert done.stdout.strip() == "True", done.stderr[-2000:]
 
 
@@ -403,10 +408,5 @@ reader = fast_csv._open_reader(source)
 reader.read_next_batch()
 print(reader._stream.held_back.wait(timeout=30))
 """
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", child], capture_output=True, text=True, timeout=60
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("the process did not end")
+    done = run_child(child, timeout_s=60, hung="the process did not end")
     assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-2000:]
