@@ -237,7 +237,6 @@ class _PacedFile:
         self._ended = False  # the reader was given the end of the file, or an error
         self.closed = False
         self.held_back = threading.Event()  # a read has waited for a batch to be taken
-        _OPEN_FILES.add(self)
 
     def peek(self, size: int) -> bytes:
         start = self._file.tell()
@@ -325,15 +324,17 @@ class _PacedFile:
         return self._ended and not self._reading
 
 
-# A read left waiting at exit keeps pyarrow's I/O thread, and with it the process, from ending
-# (pyarrow joins its threads then): every file still open is closed first.
-_OPEN_FILES: weakref.WeakSet[_PacedFile] = weakref.WeakSet()
+# At exit, pyarrow's threads must hold nothing of Python's: a read left waiting keeps its I/O
+# thread, and with it the process, from ending (pyarrow joins its threads then), and a block it
+# still holds is a Python object its thread must take the GIL to free, which aborts the process
+# once the interpreter is finalising. So every reader still open is closed, and dropped, first.
+_OPEN_READERS: weakref.WeakSet[_PacedReader] = weakref.WeakSet()
 
 
 @atexit.register
-def _close_open_files() -> None:
-    for stream in list(_OPEN_FILES):
-        stream.close()
+def _close_open_readers() -> None:
+    for reader in list(_OPEN_READERS):
+        reader.close(drain=True)
 
 
 class _PacedReader:
@@ -341,7 +342,9 @@ class _PacedReader:
     be read."""
 
     def __init__(self, reader: pa.RecordBatchReader, stream: _PacedFile) -> None:
-        self._reader, self._stream = reader, stream
+        self._reader: pa.RecordBatchReader | None = reader
+        self._stream = stream
+        _OPEN_READERS.add(self)
 
     def read_next_batch(self) -> pa.RecordBatch:
         try:
@@ -357,9 +360,18 @@ class _PacedReader:
             except StopIteration:
                 return
 
-    def close(self) -> None:
+    def close(self, *, drain: bool = False) -> None:
+        """``drain``: also take the batches pyarrow still makes of the blocks it read, so its
+        threads are done with them (and with the read that ended them) when this returns."""
         self._stream.close()  # first: it ends the background reads
+        if self._reader is None:
+            return
+        if drain:
+            with contextlib.suppress(StopIteration, pa.ArrowException):
+                while True:
+                    self._reader.read_next_batch()
         self._reader.close()
+        self._reader = None  # its blocks freed here, in this thread
 
 
 class _BatchChecker:
