@@ -121,12 +121,27 @@ def _import_all(app, instance, settings: Settings, args, source, first: _StagedA
             app.engine, job.id, path.name, enabled=bars, embed=not args.no_embed
         )
         with watching:
-            _run_import(app, instance, settings, job.partition_key, embed=not args.no_embed,
-                        verbose=args.verbose)  # fmt: skip
+            interrupted = _run_import(app, instance, settings, job.partition_key,
+                                      embed=not args.no_embed, verbose=args.verbose)  # fmt: skip
         summary = job_summary(app.engine, job.id)
         unfinished += summary["status"] not in ("completed", "completed_with_errors")
         print_json(summary) if args.json else _print_import(path, summary)
+        if interrupted:
+            _stop_interrupted(_how_to_resume(path, summary))
     return 1 if unfinished else 0
+
+
+def _how_to_resume(path: Path, summary: dict) -> str:
+    if summary["status"] == "processing":
+        return f"`helix-pipelines import {path}` again resumes the import from its checkpoint"
+    return "the import is done; `helix-pipelines embed` embeds its pending pairs"
+
+
+def _stop_interrupted(how_to_resume: str) -> None:
+    """After a run that Ctrl-C (or SIGTERM) interrupted: the command stops there too. Dagster
+    took the interrupt into the run, so it is raised again for the CLI (exit code 130)."""
+    print(f"helix-pipelines: interrupted; {how_to_resume}", file=sys.stderr)
+    raise KeyboardInterrupt
 
 
 class _StagedAhead:
@@ -211,12 +226,14 @@ def _print_refusal(path: Path, error: str, *, as_json: bool) -> None:
 
 def _run_import(
     app, instance, settings: Settings, partition_key: str, *, embed: bool, verbose: bool = False
-) -> None:
+) -> bool:
+    """Runs the partition's assets in this process; True when an interrupt stopped them."""
     from dagster import AssetKey
     from dagster._core.utils import make_new_run_id
 
     from helix_pipelines.db.liveness import Heartbeat
     from helix_pipelines.definitions import defs
+    from helix_pipelines.defs.interrupts import is_interrupt
     from helix_pipelines.defs.partitions import import_files
     from helix_pipelines.defs.reporting import console_log_config
 
@@ -228,7 +245,7 @@ def _run_import(
     # The run is this process: its heartbeat covers the moments before and between steps too.
     with Heartbeat(app.engine, run_id, kind="cli", partition_key=partition_key,
                    stale_after_s=settings.stale_after_s):  # fmt: skip
-        job_def.execute_in_process(
+        result = job_def.execute_in_process(
             instance=instance,
             partition_key=partition_key,
             asset_selection=selection or [AssetKey("qa_pairs")],
@@ -237,6 +254,7 @@ def _run_import(
             tags={"helix/launched_by": "cli"},
             run_config=console_log_config(verbose),
         )
+    return any(is_interrupt(e.step_failure_data) for e in result.get_step_failure_events())
 
 
 def _recover(app, instance, settings: Settings, stale_after_s: float | None = None):
@@ -465,13 +483,15 @@ def cmd_recover(settings: Settings, args: argparse.Namespace) -> int:
 
     app, instance = _open_with_instance(settings)
     report = _recover(app, instance, settings, args.stale_after)
-    resumed = []
+    resumed, interrupted = [], False
     if args.resume:
         for job in jobs.list_pending(app.engine):
             # Import only: the pending-embeddings sensor or `helix-pipelines embed` embeds.
-            _run_import(app, instance, settings, job.partition_key, embed=False,
-                        verbose=args.verbose)  # fmt: skip
+            interrupted = _run_import(app, instance, settings, job.partition_key, embed=False,
+                                      verbose=args.verbose)  # fmt: skip
             resumed.append(job_summary(app.engine, job.id))
+            if interrupted:
+                break
     result = {
         "dead_runs": report.dead_runs,
         "recovered": [j.partition_key for j in report.resumed],
@@ -490,6 +510,8 @@ def cmd_recover(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{job.partition_key}: failed: {job.last_error}")
         for summary in resumed:
             _print_import(Path(summary["partition_key"]), summary)
+    if interrupted:
+        _stop_interrupted("`helix-pipelines recover --resume` again resumes the import")
     return 0 if all(s["status"] in ("completed", "completed_with_errors") for s in resumed) else 1
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -32,6 +33,7 @@ from helix_pipelines_tests.support.db_fixtures import (
     clean_environment,
     subprocess_env,
 )
+from helix_pipelines_tests.support.fake_openai import running_fake_openai
 from helix_pipelines_tests.support.generate import write_qa_csv
 from helix_pipelines_tests.support.processes import kill_all, wait_for
 
@@ -215,3 +217,105 @@ def test_an_import_carries_on_through_a_killed_embedded_server(tmp_path, big_fil
         engine.dispose()
     finally:
         server.stop()
+
+
+def _default_sigint() -> None:
+    """As at a terminal: a runner that started the suite in the background ignores SIGINT, and
+    its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_events(settings, run_id: str) -> list[str]:
+    os.environ["DAGSTER_HOME"] = str(settings.home / "dagster")
+    with DagsterInstance.get() as instance:
+        return [e.dagster_event.event_type_value for e in instance.all_logs(run_id)
+                if e.dagster_event]  # fmt: skip
+
+
+def interrupt(process: subprocess.Popen) -> tuple[int, str, str]:
+    """Ctrl-C: SIGINT to the command's process, as a terminal sends it."""
+    os.kill(process.pid, signal.SIGINT)
+    return finish(process, timeout=120)
+
+
+def test_ctrl_c_stops_an_import_and_the_same_import_resumes_it(
+    engine, settings, big_file, reference
+):
+    """Ctrl-C of `import` a third of the way in: the command stops there (exit 130). Dagster
+    retries a step that an interrupt stopped when it has a RetryPolicy, so the import went on
+    to the end of the file. The job waits for the same command, with no attempt spent and no
+    error noted."""
+    process = cli(settings, "import", str(big_file.path), "--no-embed", "--json",
+                  start_new_session=True, preexec_fn=_default_sigint)  # fmt: skip
+
+    def a_third_in():
+        assert process.poll() is None, "the import ended before Ctrl-C"
+        listing = jobs.list_jobs(engine)
+        return listing and listing[0].rows_processed >= ROWS // 3 and listing[0]
+
+    job = wait_for(a_third_in, timeout=240, what="a third of the import", interval=0.05)
+    code, out, err = interrupt(process)
+    assert code == 130, err[-3000:]
+    assert "interrupted; `helix-pipelines import" in err and "resumes the import" in err
+    stopped = jobs.get_job(engine, job.id)
+    assert json.loads(out.strip().splitlines()[-1])["status"] == stopped.status == "processing"
+    assert 0 < stopped.rows_processed < ROWS
+    assert (stopped.attempts, stopped.last_error) == (job.attempts, None)
+    events = run_events(settings, stopped.dagster_run_id)
+    assert "STEP_FAILURE" in events and "STEP_UP_FOR_RETRY" not in events
+    kept = ids_by_source_row(engine, job.id)
+
+    code, out, err = finish(cli(settings, "import", str(big_file.path), "--no-embed", "--json"))
+    assert code == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["import_job_id"] == str(job.id)
+    assert_like_clean(engine, job.id, reference, kept)
+    assert runs_with_status(settings, DagsterRunStatus.STARTED) == []
+
+
+def test_ctrl_c_stops_embedding_and_leaves_every_pair_pending_for_embed(engine, settings, tmp_path):
+    """Ctrl-C of `import` while its embedding requests are in flight (the API takes a second
+    to answer each): exit 130 without a step retry, no pair failed or half-claimed, and
+    `embed` finishes them."""
+    path = write_qa_csv(tmp_path / "small.csv", 600, seed=5, bad_every=10**9).path
+    with running_fake_openai(default_dim=settings.embedding_dim) as fake:
+        fake.set_latency(1.0)
+        env = subprocess_env(
+            settings, OPENAI_API_KEY=fake.api_key, OPENAI_BASE_URL=fake.base_url,
+            HELIX_EMBEDDING_PROVIDER="openai",
+        )  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "helix_pipelines.cli", "import", str(path), "--json"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True, preexec_fn=_default_sigint,
+        )  # fmt: skip
+
+        def requests_in_flight():
+            assert process.poll() is None, "the import ended before Ctrl-C"
+            return fake.stats.in_flight > 0
+
+        wait_for(requests_in_flight, timeout=240, what="embedding requests", interval=0.02)
+        code, out, err = interrupt(process)
+        assert code == 130, err[-3000:]
+        assert "`helix-pipelines embed` embeds its pending pairs" in err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["status"] == "completed"
+        embeddings = summary["embeddings"]
+        assert (embeddings["failed"], embeddings["pending"] > 0) == (0, True)
+        assert embeddings["completed"] + embeddings["pending"] == summary["pairs_created"]
+        with engine.connect() as conn:
+            states = dict(conn.execute(sa.text(
+                "SELECT embedding_status, count(*) FROM qa_pair GROUP BY 1")).all())  # fmt: skip
+        assert states.keys() <= {"pending", "completed"}
+        job = jobs.get_job(engine, uuid.UUID(summary["import_job_id"]))
+        assert "STEP_UP_FOR_RETRY" not in run_events(settings, job.dagster_run_id)
+
+        fake.set_latency(0.0)
+        code, out, err = finish(subprocess.Popen(
+            [sys.executable, "-m", "helix_pipelines.cli", "embed", "--json"], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))  # fmt: skip
+        assert code == 0, err[-3000:]
+    with engine.connect() as conn:
+        states = dict(conn.execute(sa.text(
+            "SELECT embedding_status, count(*) FROM qa_pair GROUP BY 1")).all())  # fmt: skip
+    assert states == {"completed": summary["pairs_created"]}

@@ -28,6 +28,11 @@ from helix_pipelines import metrics
 from helix_pipelines.core.errors import is_transient
 from helix_pipelines.db import jobs
 from helix_pipelines.db.embeddings import count_pending
+from helix_pipelines.defs.interrupts import (
+    each_interruptibly,
+    interrupts_end_the_step,
+    struck_by_interrupt,
+)
 from helix_pipelines.defs.partitions import import_files
 from helix_pipelines.defs.progress import EmbedProgressLog, ImportProgressLog
 from helix_pipelines.defs.reporting import (
@@ -145,7 +150,16 @@ def qa_pairs(
     database: DatabaseResource,
     import_settings: ImportSettingsResource,
 ) -> MaterializeResult:
-    engine = database.get_engine()
+    with interrupts_end_the_step(f"the import of {context.partition_key}"):
+        return _import_partition(context, config, database.get_engine(), import_settings)
+
+
+def _import_partition(
+    context: AssetExecutionContext,
+    config: QaPairsConfig,
+    engine,
+    import_settings: ImportSettingsResource,
+) -> MaterializeResult:
     job = jobs.get_job(engine, context.partition_key)
     if config.options():
         job = jobs.merge_options(engine, job.id, config.options())
@@ -164,6 +178,8 @@ def qa_pairs(
     except jobs.JobBusy as exc:
         raise terminal_failure(str(exc)) from exc
     except Exception as exc:
+        if struck_by_interrupt(exc):
+            raise  # an interrupt, whatever cleaning up after it raised: not an error of the job
         _note_error(engine, job.id, exc)
         if isinstance(exc, BatchFailed) or is_transient(exc):
             raise  # the RetryPolicy resumes from the checkpoint
@@ -378,7 +394,17 @@ def qa_embeddings(
     embedding: EmbeddingResource,
     import_settings: ImportSettingsResource,
 ):
-    engine = database.get_engine()
+    events = _embed_partitions(context, config, database.get_engine(), embedding, import_settings)
+    yield from each_interruptibly("embedding", events)
+
+
+def _embed_partitions(
+    context: AssetExecutionContext,
+    config: EmbedRunConfig,
+    engine,
+    embedding: EmbeddingResource,
+    import_settings: ImportSettingsResource,
+):
     keys = context.partition_keys
     single = len(keys) == 1
     stopped: dict[str, str] = {}

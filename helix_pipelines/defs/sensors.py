@@ -18,6 +18,7 @@ from dagster import (
 from helix_pipelines.core.redact import redact
 from helix_pipelines.db import jobs
 from helix_pipelines.db.embeddings import partitions_to_embed
+from helix_pipelines.defs.interrupts import is_interrupt
 from helix_pipelines.defs.jobs import embed_job, import_job
 from helix_pipelines.defs.partitions import import_files
 from helix_pipelines.defs.reporting import report_rollback
@@ -172,8 +173,8 @@ def _import_requests(context, job_list, cursor: str | None = None) -> SensorResu
         "backfill), writes the error onto its import job. An import "
         "that failed for a transient reason goes back to `pending` (the recovery sensor "
         "re-requests it) until its attempts run out; a terminal failure (unreadable input, a "
-        "bug, bad configuration) fails the job at once. Runs that recovery found dead are left "
-        "to recovery."
+        "bug, bad configuration) fails the job at once. Runs that recovery found dead, and "
+        "runs that were interrupted (Ctrl-C, SIGTERM, Terminate), are left to recovery."
     ),
 )
 def import_run_failure_sensor(
@@ -184,6 +185,11 @@ def import_run_failure_sensor(
     run = context.dagster_run
     partition_key = run.tags.get("dagster/partition")
     if not partition_key or run.tags.get(DEAD_RUN_TAG):
+        return
+    if any(is_interrupt(e.step_failure_data) for e in context.get_step_failure_events()):
+        # Stopped, not failed: its job is held by nobody now, and recovery resumes it (no
+        # attempt spent); pending embeddings go to the pending-embeddings sensor.
+        context.log.info(f"run of {partition_key} was interrupted: left to recovery")
         return
     message, failed_step, terminal = _failure(context)
     engine = database.get_engine()

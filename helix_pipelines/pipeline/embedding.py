@@ -216,10 +216,16 @@ class _ChunkEmbedder:
         outcome.truncated.update(item.key for item in items if item.truncated)
         batches = plan_batches(items, self.options.batch_size, self.options.max_request_tokens)
         with ThreadPoolExecutor(self.options.max_concurrency, "helix-embed") as pool:
-            for result in pool.map(self._embed_batch, batches):
-                outcome.merge(result)
-                if self.progress is not None:  # vectors in hand, written with the chunk
-                    self.progress.note(in_chunk=len(outcome.vectors) + len(outcome.failed))
+            try:
+                for result in pool.map(self._embed_batch, batches):
+                    outcome.merge(result)
+                    if self.progress is not None:  # vectors in hand, written with the chunk
+                        self.progress.note(in_chunk=len(outcome.vectors) + len(outcome.failed))
+            except BaseException:
+                # Ctrl-C, say: the batches not sent yet return untouched, so leaving the pool
+                # waits for the requests in flight only, not for the whole chunk.
+                self._stop.set()
+                raise
         return outcome
 
     def _embed_batch(self, items: list[EmbedItem]) -> ChunkOutcome:

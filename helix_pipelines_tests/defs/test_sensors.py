@@ -19,6 +19,7 @@ from dagster import (
 )
 
 from helix_pipelines.db import jobs
+from helix_pipelines.defs.interrupts import interrupts_end_the_step
 from helix_pipelines.defs.resources import DatabaseResource, ImportSettingsResource
 from helix_pipelines.defs.sensors import (
     import_run_failure_sensor,
@@ -252,8 +253,19 @@ def failing_job():
     fails_like_an_import()
 
 
-def fail_a_run(instance, resources, partition_key: str):
-    result = failing_job.execute_in_process(
+@op
+def interrupted_like_an_import():
+    with interrupts_end_the_step("the import"):
+        raise KeyboardInterrupt  # where Ctrl-C or SIGTERM strikes the step's code
+
+
+@job
+def interrupted_job():
+    interrupted_like_an_import()
+
+
+def fail_a_run(instance, resources, partition_key: str, failing=failing_job):
+    result = failing.execute_in_process(
         instance=instance, raise_on_error=False, tags={"dagster/partition": partition_key}
     )
     context = build_run_status_sensor_context(
@@ -278,3 +290,16 @@ def test_a_failed_run_is_recorded_then_the_job_fails_after_max_attempts(
     twice = jobs.get_job(engine, job.id)
     assert (twice.status, twice.attempts) == ("failed", 2)
     assert twice.finished_at is not None
+
+
+def test_an_interrupted_run_is_left_to_recovery_with_no_attempt_spent(
+    engine, instance, resources, inbox
+):
+    """Ctrl-C, SIGTERM or Terminate stopped the run: not a failure of the import. Its job is
+    held by nobody once the process ends, and recovery resumes it; max_attempts (2 here) is
+    not spent on it."""
+    job = take_one_file(engine, inbox, resources)
+    for _ in range(3):
+        fail_a_run(instance, resources, job.partition_key, failing=interrupted_job)
+    after = jobs.get_job(engine, job.id)
+    assert (after.status, after.attempts, after.last_error) == (job.status, 0, None)
