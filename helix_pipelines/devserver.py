@@ -87,15 +87,13 @@ def run_dagster_dev(
 
     def _stop(signum, _frame):
         stopping["requested"] = True
-        for child in children:
-            _terminate_group(child)
+        _terminate_groups(children)
 
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = process.wait()
     finally:
-        for child in children:
-            _terminate_group(child)
+        _terminate_groups(children)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if embedded is not None:
@@ -126,18 +124,21 @@ def _terminate_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _terminate_group(process: subprocess.Popen) -> None:
-    """SIGTERM the whole group, wait, then SIGKILL whatever is left (run workers included)."""
-    members = _group_members(process)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM)
+def _terminate_groups(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM every group at once, wait, then SIGKILL whatever is left (run workers
+    included). At once: one after the other, each waited for, the stop took their sum."""
+    members = [member for process in processes for member in _group_members(process)]
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGTERM)
     _, alive = psutil.wait_procs(members, timeout=STOP_GRACE_S)
     for member in alive:
         with contextlib.suppress(psutil.Error):
             member.kill()
     psutil.wait_procs(alive, timeout=5)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=5)
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
 
 
 def _group_members(process: subprocess.Popen) -> list[psutil.Process]:
