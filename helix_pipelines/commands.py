@@ -391,12 +391,13 @@ def _progress_text(progress: dict | None) -> str:
 
     done = f"{progress['percent']:.1f}%"
     run, silent = progress["run"], format_duration(progress["silent_s"])
+    resumes = "recovery resumes it (`recover --resume`, or a sensor)"
     if run == "gone":
-        return f"{done}, its run is gone: recovery resumes it (`recover --resume`, or a sensor)"
+        return f"{done}, its run is gone: {resumes}"
     if run == "silent":
         return f"{done}, no heartbeat for {silent}"
-    if run == "none":
-        return f"{done}, no run holds it"
+    if run == "none":  # stopped (Ctrl-C, SIGTERM): its run let go of it
+        return f"{done}, no run holds it: {resumes}"
     return f"{done}, {format_duration(progress['time_left_s'])} left"
 
 

@@ -263,6 +263,8 @@ def test_ctrl_c_stops_an_import_and_the_same_import_resumes_it(
     assert (stopped.attempts, stopped.last_error) == (job.attempts, None)
     events = run_events(settings, stopped.dagster_run_id)
     assert "STEP_FAILURE" in events and "STEP_UP_FOR_RETRY" not in events
+    code, out, err = finish(cli(settings, "status"))
+    assert code == 0 and "no run holds it: recovery resumes it" in out, out + err[-3000:]
     kept = ids_by_source_row(engine, job.id)
 
     code, out, err = finish(cli(settings, "import", str(big_file.path), "--no-embed", "--json"))

@@ -93,7 +93,7 @@ def test_status_says_what_the_run_heartbeat_of_a_processing_job_says():
         "40.0%, 1m 05s left",
         "40.0%, no heartbeat for 1m 40s",
         "40.0%, its run is gone: recovery resumes it (`recover --resume`, or a sensor)",
-        "40.0%, no run holds it",
+        "40.0%, no run holds it: recovery resumes it (`recover --resume`, or a sensor)",
     ]
 
 
