@@ -114,7 +114,7 @@ TERMINAL_BUILTINS = (ValueError, TypeError, KeyError, IndexError, AttributeError
 def classify(exc: BaseException) -> ErrorKind:
     if blocker(exc) is not None:
         return ErrorKind.TERMINAL
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         verdict = _verdict(link)
         if verdict is not None:
             return verdict
@@ -127,7 +127,7 @@ def is_transient(exc: BaseException) -> bool:
 
 def blocker(exc: BaseException) -> Blocker | None:
     """The deployment-wide refusal this error is, if any (see Blocker)."""
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         found = _blocker_of(link)
         if found is not None:
             return found
@@ -170,10 +170,10 @@ def _about_dimensions(exc: BaseException) -> bool:
 
 
 def is_statement_timeout(exc: BaseException) -> bool:
-    return any(_sqlstate(link) == STATEMENT_TIMEOUT for link in _chain(exc))
+    return any(_sqlstate(link) == STATEMENT_TIMEOUT for link in exception_chain(exc))
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception, then what it wraps: .orig, __cause__, then an unsuppressed __context__."""
     seen: set[int] = set()
     pending = [exc]

@@ -17,6 +17,8 @@ from typing import TypeVar
 
 from dagster import DagsterExecutionInterruptedError, Failure
 
+from helix_pipelines.core.errors import exception_chain
+
 T = TypeVar("T")
 
 # Step failure metadata: the step stopped because it was interrupted, not because it failed.
@@ -57,13 +59,7 @@ def each_interruptibly(work: str, events: Iterator[T]) -> Iterator[T]:
 
 def struck_by_interrupt(error: BaseException) -> bool:
     """Whether `error` is an interrupt, or was raised while one was being handled."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, _INTERRUPT_ERRORS):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
+    return any(isinstance(link, _INTERRUPT_ERRORS) for link in exception_chain(error))
 
 
 def is_interrupt(failure) -> bool:
@@ -71,9 +67,7 @@ def is_interrupt(failure) -> bool:
     failure above, or Dagster's interrupt error where it struck outside the step's code."""
     if failure is None:
         return False
-    metadata = (failure.user_failure_data.metadata if failure.user_failure_data else None) or {}
-    entry = metadata.get(INTERRUPTED)
-    if getattr(entry, "value", entry):
+    if flagged(failure.user_failure_data, INTERRUPTED):
         return True
     error = failure.error
     while error is not None:
@@ -81,6 +75,13 @@ def is_interrupt(failure) -> bool:
             return True
         error = error.cause or error.context
     return False
+
+
+def flagged(failure_data, key: str) -> bool:
+    """Whether a step's Failure (Dagster's user failure data, or None) carries metadata `key`
+    set true: `helix/interrupted` here, `helix/terminal` (defs.runs)."""
+    entry = ((failure_data.metadata if failure_data else None) or {}).get(key)
+    return bool(getattr(entry, "value", entry))
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from dagster import (
 from helix_pipelines.core.redact import redact
 from helix_pipelines.db import jobs
 from helix_pipelines.db.embeddings import partitions_to_embed
-from helix_pipelines.defs.interrupts import is_interrupt
+from helix_pipelines.defs.interrupts import flagged, is_interrupt
 from helix_pipelines.defs.jobs import embed_job, import_job
 from helix_pipelines.defs.partitions import import_files
 from helix_pipelines.defs.reporting import report_rollback
@@ -219,15 +219,10 @@ def _failure(context: RunFailureSensorContext) -> tuple[str, str | None, bool]:
         data = event.step_failure_data
         error = data.error if data else None
         if error is not None:
-            terminal = bool(data.user_failure_data and _is_terminal(data.user_failure_data))
+            terminal = flagged(data.user_failure_data, TERMINAL)
             message = f"{event.step_key}: {_root_cause(error).message.strip()}"[:2000]
             return message, event.step_key, terminal
     return (context.failure_event.message or "the run failed")[:2000], None, False
-
-
-def _is_terminal(failure_data) -> bool:
-    entry = (failure_data.metadata or {}).get(TERMINAL)
-    return bool(getattr(entry, "value", entry))
 
 
 def _root_cause(error):
